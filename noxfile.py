@@ -57,7 +57,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON, tags=["ci"])
 def integration(session: nox.Session) -> None:
     """Each package installed alone into a fresh venv; its command line runs."""
-    session.install("pytest>=8")
+    session.install("pytest>=8", "uv>=0.5")
     session.run("pytest", "integration_tests", "-q", *session.posargs, env=THREADS)
 
 

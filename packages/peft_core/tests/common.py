@@ -12,11 +12,11 @@ parametrised tests of the promises every method makes:
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 import pytest
 import torch
-
 from peft_core import (
     adapter_parameters,
     add_adapter,
@@ -46,7 +46,7 @@ class Case:
         extra = ",".join(f"{k}={v}" for k, v in self.overrides)
         return f"{self.model}-{self.preset}" + (f"[{extra}]" if extra else "")
 
-    def config(self):  # noqa: ANN201
+    def config(self):
         return make_config(self.preset, **dict(self.overrides))
 
 
@@ -54,7 +54,7 @@ def forward(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     return output_tensor(model(**inputs))
 
 
-def build(case: Case, seed: int = 0):  # noqa: ANN201
+def build(case: Case, seed: int = 0):
     model, make_inputs = build_tiny(case.model, seed)
     return model, make_inputs
 
@@ -84,7 +84,7 @@ def assert_state_equal(a: dict, b: dict) -> None:
 class PetlCommonTests:
     """Subclass with ``CASES = [...]`` to run the shared property suite on every case."""
 
-    CASES: list[Case] = []
+    CASES: typing.ClassVar[list[Case]] = []
 
     def test_identity_at_init_and_change_after_step(self, case: Case) -> None:
         model, make_inputs = build(case)
@@ -123,7 +123,7 @@ class PetlCommonTests:
         after = remove_adapters(model).state_dict()
         assert_state_equal(before, after)
 
-    def test_save_load_round_trip(self, case: Case, tmp_path) -> None:  # noqa: ANN001
+    def test_save_load_round_trip(self, case: Case, tmp_path) -> None:
         model, make_inputs = build(case)
         add_adapter(model, case.config())
         perturb(model)

@@ -3,8 +3,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from common import parametrize_cases  # noqa: E402
+from common import parametrize_cases
 
 
-def pytest_generate_tests(metafunc):  # noqa: ANN001, ANN201
+def pytest_generate_tests(metafunc):
     parametrize_cases(metafunc)

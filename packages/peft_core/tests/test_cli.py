@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from peft_core.cli import main
 
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from peft_core import load_config, make_config
 from peft_core.config import FORMAT_VERSION, config_from_dict
 from peft_core.tuners.bottleneck import BottleneckConfig
@@ -57,7 +56,7 @@ def test_wrong_method_and_bad_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=r"bad\.json: not valid JSON"):
         load_config(bad)
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         load_config(tmp_path / "missing.json")
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from peft_core import (
     CheckpointError,
     TargetError,
@@ -44,7 +43,7 @@ def test_regex_suffix_and_type_targeting():
 
 
 def test_no_match_lists_candidates_and_model_is_untouched():
-    model, inputs = build_tiny("bart")
+    model, _inputs = build_tiny("bart")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(TargetError, match=r"matched no module; candidates: .*q_proj"):
         add_adapter(model, make_config("lora", target_modules=["q_prj"]))
@@ -103,7 +102,7 @@ def test_mark_trainable_subset_and_extra_heads():
 
 
 def test_modules_to_save_are_trained_saved_and_restored(tmp_path):
-    model, make_inputs = build_tiny("timm_vit")
+    model, _make_inputs = build_tiny("timm_vit")
     original_head = model.head.weight.detach().clone()
     add_adapter(model, make_config("lora", modules_to_save=["head"]))
     mark_trainable(model)

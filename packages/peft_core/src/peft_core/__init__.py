@@ -7,7 +7,13 @@ Functional API (the model is never subclassed or copied)::
     mark_trainable(model)
 """
 
-from peft_core.checkpoint import CheckpointError, adapter_state_dict, load_adapter, load_adapter_state_dict, save_adapter
+from peft_core.checkpoint import (
+    CheckpointError,
+    adapter_state_dict,
+    load_adapter,
+    load_adapter_state_dict,
+    save_adapter,
+)
 from peft_core.config import PetlConfig, load_config
 from peft_core.model import (
     active_adapters,

@@ -122,8 +122,9 @@ def normalize_name(name: str) -> str:
 
 
 def _candidate_dirs() -> list[Path]:
+    """The repository's ``shared/baselines`` (source checkout), then the copy a wheel ships in ``peft_core/data``."""
     here = Path(__file__).resolve()
-    return [parent / "shared" / "baselines" for parent in here.parents]
+    return [*(parent / "shared" / "baselines" for parent in here.parents), here.parent / "data" / "baselines"]
 
 
 def find_baselines_dir(root: Path | str | None = None) -> Path:

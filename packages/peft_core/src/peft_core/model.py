@@ -20,7 +20,7 @@ from torch import nn
 from peft_core.config import PetlConfig
 from peft_core.layer import PETL_ATTR, MethodLayer
 from peft_core.registry import get_method
-from peft_core.targeting import TargetError, find_targets
+from peft_core.targeting import find_targets
 
 _REGISTRY_ATTR = "_petl_adapters"
 
@@ -207,7 +207,8 @@ def adapter_parameters(model: nn.Module, name: str | None = None) -> dict[str, n
     """Parameters owned by adapter ``name`` (all adapters if None), keyed by their model names."""
     out: dict[str, nn.Parameter] = {}
     for host_name, _, layer in iter_layers(model, name):
-        prefix = f"{host_name}.{PETL_ATTR}.{layer.adapter_name}." if host_name else f"{PETL_ATTR}.{layer.adapter_name}."
+        prefix = f"{PETL_ATTR}.{layer.adapter_name}."
+        prefix = f"{host_name}.{prefix}" if host_name else prefix
         for pname, p in layer.named_parameters():
             out[prefix + pname] = p
     return out

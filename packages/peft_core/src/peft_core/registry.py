@@ -79,7 +79,9 @@ def make_config(name: str, **overrides: Any) -> PetlConfig:
         return _PRESETS[name].make(**overrides)
     if name in _METHODS:
         return _METHODS[name].config_cls(**overrides)
-    raise ValueError(f"{name!r} is neither a preset nor a method; presets: {sorted(_PRESETS)}, methods: {sorted(_METHODS)}")
+    raise ValueError(
+        f"{name!r} is neither a preset nor a method; presets: {sorted(_PRESETS)}, methods: {sorted(_METHODS)}"
+    )
 
 
 def _ensure_loaded() -> None:

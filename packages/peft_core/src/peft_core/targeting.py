@@ -52,7 +52,9 @@ def find_targets(
         try:
             re.compile(target_modules)
         except re.error as exc:
-            raise TargetError(f"{what}: target_modules={target_modules!r} is not a valid regular expression: {exc}")
+            raise TargetError(
+                f"{what}: target_modules={target_modules!r} is not a valid regular expression: {exc}"
+            ) from None
     out: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if not name:

@@ -85,6 +85,14 @@ def bitfit_ofa(**kw: object) -> BitFitConfig:
     return BitFitConfig(**{"rule": "ofa", **kw})
 
 
+@register_preset("bitfit-vl-adapter", "BitFit, VL-Adapter --unfreeze_bias: every parameter named *bias*",
+                 "ylsung/VL_adapter (vlpet.md: BitFit --unfreeze_bias)")
+def bitfit_vl_adapter(**kw: object) -> BitFitConfig:
+    """Upstream unfreezes every parameter whose name contains 'bias'; on transformers models that is exactly the
+    biases of every Linear and LayerNorm, i.e. rule 'all'."""
+    return BitFitConfig(**{"rule": "all", **kw})
+
+
 @register_preset("layernorm", "LayerNorm tuning: gains and biases of every normalisation layer", "")
 def layernorm_all(**kw: object) -> LayerNormTuningConfig:
     return LayerNormTuningConfig(**kw)

@@ -31,7 +31,8 @@ class BottleneckConfig(PetlConfig):
             V-PETL ``init_option='lora'``).
         layer_norm: ``in`` applies a LayerNorm before the down projection, ``out`` after the up projection (V-PETL
             ``adapter_layernorm_option``), ``none`` for neither.
-        learnable_scale: make ``s`` a trainable scalar initialised at ``scale`` (V-PETL ``adapter_scalar='learnable'``).
+        learnable_scale: make ``s`` a trainable scalar initialised at ``scale``
+            (V-PETL ``adapter_scalar='learnable'``).
     """
 
     method = "bottleneck"

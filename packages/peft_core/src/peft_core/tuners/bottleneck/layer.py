@@ -103,6 +103,8 @@ class BottleneckLayer(MethodLayer):
 
     def post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         if self.mode == "serial":
-            return map_primary_output(output, lambda out: out + self.adapter(out) if self.residual else self.adapter(out))
+            if self.residual:
+                return map_primary_output(output, lambda out: out + self.adapter(out))
+            return map_primary_output(output, self.adapter)
         x = primary_input(args, kwargs)
         return map_primary_output(output, lambda out: out + self.adapter(x))

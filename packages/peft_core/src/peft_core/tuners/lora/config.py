@@ -40,7 +40,9 @@ class LoraConfig(PetlConfig):
             not self.fused_slices or set(self.fused_slices) - set("qkv") or len(set(self.fused_slices)) != len(
                 self.fused_slices)
         ):
-            raise ValueError(f"fused_slices={self.fused_slices!r} is not allowed; expected a subset of 'qkv' like 'qv'")
+            raise ValueError(
+                f"fused_slices={self.fused_slices!r} is not allowed; expected a subset of 'qkv' like 'qv'"
+            )
 
     @property
     def scaling(self) -> float:

@@ -228,4 +228,4 @@ class ValueParallelAdapterLayer(MethodLayer):
 
     def post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         e = primary_input(args, kwargs)
-        return map_primary_output(output, lambda v: v + self.up(self.act(self.down(e.to(v.dtype)))))
+        return map_primary_output(output, lambda v: v + self.up(self.act(self.down(v))))
