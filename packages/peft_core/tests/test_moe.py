@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from common import Case, PetlCommonTests
+from common import Case, PetlCommonTests, perturb
 from torch import nn
 from torch.nn import functional as F
 
@@ -121,9 +121,11 @@ def copy_gate(ours: AttributeGate, ref: RefGate) -> None:
 
 
 def distinct_experts(host: nn.Linear, num_experts: int, seed: int = 0) -> nn.ModuleList:
-    """E deep copies of ``host`` (as upstream), then perturbed so that the experts differ."""
+    """E deep copies of ``host``'s Linear (as upstream), then perturbed so that the experts differ."""
     g = torch.Generator().manual_seed(seed)
-    experts = nn.ModuleList([copy.deepcopy(host) for _ in range(num_experts)])
+    plain = nn.Linear(host.in_features, host.out_features)
+    plain.load_state_dict({"weight": host.weight, "bias": host.bias})
+    experts = nn.ModuleList([copy.deepcopy(plain) for _ in range(num_experts)])
     with torch.no_grad():
         for e in experts:
             e.weight.add_(torch.randn(e.weight.shape, generator=g) * 0.3)
@@ -425,6 +427,7 @@ def test_token_routing_output_is_weighted_sum_of_experts() -> None:
 def test_gradients_reach_experts_and_gates_only() -> None:
     model, make_inputs = build_tiny("bert")
     add_adapter(model, make_config("uniperceiver-moe", top_k=2, default_attributes=ATTR))
+    perturb(model)  # identical experts give the router no gradient (g1 W + g2 W with g1 + g2 = 1)
     mark_trainable(model)
     output_tensor(model(**make_inputs(0))).pow(2).mean().backward()
     own = adapter_parameters(model)
@@ -506,9 +509,10 @@ D = (("default_attributes", ATTR),)
 TOP1 = (("top_k", 1), *D)
 
 CASES = [
-    *[Case(m, "uniperceiver-moe", TOP1) for m in ["bert", "bart", "t5", "clip", "vit", "timm_vit", "timm_swin"]],
-    Case("torch_transformer", "uniperceiver-moe", (*TOP1, ("expert_types", ["FFN"]))),
-    Case("bert", "uniperceiver-moe", D),  # top-2: identity up to float rounding of g1 W + g2 W
+    *[Case(m, "uniperceiver-moe", TOP1) for m in ["bert", "bart", "t5", "clip", "timm_vit", "timm_swin"]],
+    # top-2, all layers: with top-1 one optimizer step can move the router to another (still pristine) expert copy,
+    # and this post-norm toy's loss mean(out**2) barely depends on the FFN
+    Case("torch_transformer", "uniperceiver-moe", (*D, ("expert_types", ["FFN"]), ("layers", "all"))),
     Case("bart", "uniperceiver-moe", (*D, ("layers", "all"), ("ffn_share_gate_decision", False),
                                       ("share_attention_gate", False), ("tag_transform_act", True))),
     Case("bert", "moe-token", (("top_k", 1),)),

@@ -4,14 +4,13 @@ parameter counts (paper Table 2), checked against hand-written computations of e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
 
+import peft_core.tuners.vlpet.model  # noqa: F401  (registers the method and presets)
 import pytest
 import torch
 from common import Case, PetlCommonTests
-from torch import nn
-from torch.nn import functional as F
-
-import peft_core.tuners.vlpet.model  # noqa: F401  (registers the method and presets)
 from peft_core import (
     adapter_parameters,
     add_adapter,
@@ -36,7 +35,10 @@ from peft_core.tuners.vlpet import (
     valid_positions,
 )
 from peft_core.zoo_vl import VisualEmbedding, VLSeq2Seq, build_vl_model, needs_vl_model, vl_visual_embedding
+from torch import nn
+from torch.nn import functional as F
 
+Builder = Callable[[], tuple[nn.Module, Callable[[int], dict]]]
 SMALL = {"r": 16, "num_heads": 4, "gate_dim": 8, "vpa_dim": 8}
 
 # ---------------------------------------------------------------------------------------- independent references
@@ -281,7 +283,7 @@ def _encode(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 @pytest.mark.parametrize("builder", [tiny_bart, tiny_t5], ids=["bart", "t5"])
 @pytest.mark.parametrize("mean", ["masked", "upstream"])
-def test_small_gate_padding(builder, mean: str) -> None:  # noqa: ANN001
+def test_small_gate_padding(builder: Builder, mean: str) -> None:
     model, _ = builder()
     model.eval()
     add_adapter(model, VlpetConfig(**{**SMALL, "granularity": "small", "small_gate_mean": mean}))
@@ -335,7 +337,7 @@ def test_valid_positions_reads_mask_formats() -> None:
 # -------------------------------------------------------------------------------------------- init promises
 @pytest.mark.parametrize("builder", [tiny_bart, tiny_t5], ids=["bart", "t5"])
 @pytest.mark.parametrize("granularity", ["middleY", "none"])
-def test_zero_init_flags_give_exact_identity(builder, granularity: str) -> None:  # noqa: ANN001
+def test_zero_init_flags_give_exact_identity(builder: Builder, granularity: str) -> None:
     model, make_inputs = builder()
     model.eval()
     inputs = make_inputs(0)
@@ -429,7 +431,7 @@ def test_gradient_checkpointing_keeps_the_padding_mask() -> None:
         mark_trainable(model)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         model(**make_inputs(0)).logits.pow(2).mean().backward()
         grads.append({n: p.grad.clone() for n, p in adapter_parameters(model).items()})
     assert grads[0].keys() == grads[1].keys()
@@ -495,8 +497,8 @@ def test_plan_errors_leave_model_untouched() -> None:
 def _cases() -> list[Case]:
     small = tuple(SMALL.items())
     out = []
-    for family in ("bart", "t5"):
-        for g in ("small", "middlex", "middley", "large"):
+    for family, granularities in (("bart", ("small", "middlex", "middley", "large")), ("t5", ("small", "large"))):
+        for g in granularities:
             out.append(Case(family, f"vlpet-{g}-{family}", (("modules_to_save", None), *small), identity=False))
         out.append(Case(family, f"vlpet-middley-{family}", (
             ("modules_to_save", None), *small, ("scaling", 1.0), ("adapter_up_zero_init", True),
@@ -510,7 +512,7 @@ class TestVlpetCommon(PetlCommonTests):
 
 
 # ------------------------------------------------------------------------------------------ VL-BART / VL-T5
-def _tiny_vl(builder) -> tuple[VLSeq2Seq, dict]:  # noqa: ANN001
+def _tiny_vl(builder: Builder) -> tuple[VLSeq2Seq, dict]:
     lm, make_inputs = builder()
     lm.generation_config.decoder_start_token_id = 0
     lm.generation_config.pad_token_id = lm.config.pad_token_id
@@ -593,7 +595,7 @@ def test_vl_t5_position_bias_text_only() -> None:
 
 @pytest.mark.parametrize("builder,preset", [(tiny_bart, "vlpet-large-bart"), (tiny_t5, "vlpet-small-t5")],
                          ids=["bart", "t5"])
-def test_vl_preset_train_save_load_remove_generate(builder, preset: str, tmp_path) -> None:  # noqa: ANN001
+def test_vl_preset_train_save_load_remove_generate(builder: Builder, preset: str, tmp_path: Path) -> None:
     model, inputs = _tiny_vl(builder)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     config = make_config(preset)

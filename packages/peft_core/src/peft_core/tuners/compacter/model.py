@@ -6,7 +6,7 @@ from torch import nn
 
 from peft_core.archs import detect_family
 from peft_core.registry import register_method, register_preset
-from peft_core.targeting import TargetError
+from peft_core.targeting import TargetError, find_targets
 from peft_core.tuner import PlannedLayer, Tuner
 from peft_core.tuners.bottleneck.layer import feature_dim
 from peft_core.tuners.compacter.config import CompacterConfig
@@ -21,6 +21,21 @@ class CompacterTuner(Tuner):
         if config.placement == "pfeiffer":
             return arch.ffn_out, None
         return arch.attn_out + arch.ffn_out, None
+
+    def resolve(self, model: nn.Module, config: CompacterConfig) -> list[tuple[str, nn.Module]]:
+        """Default targets; for ``pfeiffer`` the FFN outputs minus the attention outputs (BERT's FFN suffix
+        ``output.dense`` also matches ``attention.output.dense``)."""
+        found = super().resolve(model, config)
+        if config.placement != "pfeiffer" or config.target_modules is not None or config.target_types:
+            return found
+        attn = detect_family(model).attn_out
+        if not attn:
+            return found
+        attention = {n for n, _ in find_targets(model, attn, what="compacter attention outputs")}
+        kept = [(n, m) for n, m in found if n not in attention]
+        if not kept:
+            raise TargetError("compacter placement='pfeiffer': no FFN output left after removing attention outputs")
+        return kept
 
     def check_host(self, name: str, module: nn.Module, config: CompacterConfig) -> None:
         try:

@@ -19,11 +19,14 @@ decoder's cross-attention reads the side encoder output ``s_enc`` (``side_encode
 decoder keeps reading the backbone encoder output.
 
 Injection: one :class:`LSTLayer` on the model root holds every side parameter (``model.petl[name]``). Its
-:meth:`LSTLayer.attach` replaces the ``forward`` of each used stack instance by a wrapper (removed again by
-:meth:`LSTLayer.detach`) that runs the original forward under ``torch.no_grad()`` while forward hooks on the backbone
-blocks collect ``h_emb``, every ``h_i`` and the arguments each block was called with; the side blocks then run with
-autograd on. No backbone activation is saved for backward; the ladder inputs ``h_i`` are kept by the down-samplers
-(they are inputs of trainable layers, as in upstream).
+:meth:`LSTLayer.attach` registers a forward pre-hook and a post-hook (``always_call``) on each used stack. The pre-hook
+hooks the stack's blocks for the duration of the call: every backbone block runs under ``torch.no_grad()`` (its
+pre-hook switches grad mode off, its ``always_call`` post-hook restores it, also when the block raises) and
+``h_emb``, every ``h_i`` and the arguments each block was called with are collected. The stack's post-hook removes
+those hooks, runs the side network with autograd on and replaces the stack's output. No backbone activation is saved for backward; the ladder inputs ``h_i`` are kept by the
+down-samplers (inputs of trainable layers, as upstream). The embedding lookup and the stack's glue between blocks run
+in the caller's grad mode, so a trainable input embedding (VL-T5's visual embedding) still gets gradients through
+``first_downsample``, as upstream's ``side_first_downsample(dropout(inputs_embeds))``.
 
 Side blocks get the arguments their backbone block got (masks, T5 position bias: side blocks without their own
 relative attention bias reuse the backbone's, as upstream), with ``hidden_states`` replaced, ``encoder_hidden_states``
@@ -59,24 +62,32 @@ class _BlockCall:
 
 
 class _Capture:
-    """Forward hooks on the backbone blocks of one stack: block 0's input and every block's arguments and output."""
+    """Forward hooks on the backbone blocks of one stack: block 0's input and every block's arguments and output.
+
+    While the hooks are installed every backbone block runs with autograd off (the pre-hook switches grad mode off,
+    the post-hook restores it; leaving the context restores the mode it was entered with, also after an error).
+    """
 
     def __init__(self, blocks: nn.ModuleList) -> None:
         self.blocks = blocks
         self.calls: dict[int, _BlockCall] = {}
         self.first_input: torch.Tensor | None = None
         self._handles: list = []
+        self._modes: list[bool] = []
+        self._entry_mode = True
 
     def __enter__(self) -> _Capture:
+        self._entry_mode = torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_pre_hook(functools.partial(self._pre, i), with_kwargs=True))
-            self._handles.append(block.register_forward_hook(functools.partial(self._post, i)))
+            self._handles.append(block.register_forward_hook(functools.partial(self._post, i), always_call=True))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        torch.set_grad_enabled(self._entry_mode)
 
     def _pre(self, i: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if i in self.calls:
@@ -84,9 +95,14 @@ class _Capture:
         self.calls[i] = _BlockCall(args, dict(kwargs))
         if i == 0:
             self.first_input = _argument(module, args, kwargs, "hidden_states")
+        self._modes.append(torch.is_grad_enabled())
+        torch.set_grad_enabled(False)
 
     def _post(self, i: int, module: nn.Module, args: tuple, output: Any) -> None:
-        self.calls[i].output = primary_output(output)
+        if self._modes:
+            torch.set_grad_enabled(self._modes.pop())
+        if output is not None and i in self.calls:  # None: the block raised (always_call hook)
+            self.calls[i].output = primary_output(output)
 
 
 def _argument(block: nn.Module, args: tuple, kwargs: dict, name: str) -> Any:
@@ -199,7 +215,7 @@ class LSTLayer(MethodLayer):
         d = out_stack.family.hidden(out_stack.module.config)
         self.upsample = nn.Linear(self.encoder.width, d, bias=config.bias_sampling)
         init_sampler(self.upsample)
-        self._wrapped: list[tuple[nn.Module, Callable]] = []
+        self._captures: dict[str, tuple[_Capture, torch.Tensor | None]] = {}
         self._encoder_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.init == "magnitude":
             self.init_from_backbone(model)
@@ -211,37 +227,48 @@ class LSTLayer(MethodLayer):
     def attach(self, host: nn.Module) -> None:
         for role, name in self.stack_names.items():
             stack = host.get_submodule(name)
-            if "forward" in stack.__dict__:
-                raise RuntimeError(f"LST: the forward of {name!r} is already replaced (another LST adapter?)")
-            original = stack.forward
-            wrapper = functools.partial(self._run, role, stack, original)
-            functools.update_wrapper(wrapper, original)
-            stack.forward = wrapper
-            self._wrapped.append((stack, wrapper))
+            self._handles.append(
+                stack.register_forward_pre_hook(functools.partial(self._stack_pre, role), with_kwargs=True))
+            self._handles.append(stack.register_forward_hook(
+                functools.partial(self._stack_post, role), with_kwargs=True, always_call=True))
 
     def detach(self, host: nn.Module) -> None:
-        for stack, wrapper in self._wrapped:
-            if stack.__dict__.get("forward") is wrapper:
-                del stack.__dict__["forward"]
-        self._wrapped.clear()
+        super().detach(host)
+        for capture, _ in self._captures.values():
+            capture.__exit__()
+        self._captures.clear()
         self._encoder_cache = None
 
-    def _run(self, role: str, stack: nn.Module, original: Callable, *args: Any, **kwargs: Any) -> Any:
+    def _stack_pre(self, role: str, stack: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Before a backbone stack runs: check the call, then hook its blocks (see :class:`_Capture`)."""
+        stale = self._captures.pop(role, None)
+        if stale is not None:  # left over from a call that raised before the post-hook ran
+            stale[0].__exit__()
         if not self.active or self.merged:
-            return original(*args, **kwargs)
-        side = self.sides()[role]
+            return
         side_encoder = None
         if role == "decoder":
-            cache = _call_argument(original, args, kwargs, "past_key_values")
+            cache = _call_argument(stack.forward, args, kwargs, "past_key_values")
             if cache is not None and hasattr(cache, "get_seq_length") and int(cache.get_seq_length()) > 0:
                 raise LSTStateError("LST keeps no KV cache for its side decoder; run generation with use_cache=False")
-            side_encoder = self._side_encoder_states(_call_argument(original, args, kwargs, "encoder_hidden_states"))
-        with _Capture(self.families[role].blocks(stack)) as capture, torch.no_grad():
-            output = original(*args, **kwargs)
-        s = side(capture, side_encoder)
+            side_encoder = self._side_encoder_states(_call_argument(stack.forward, args, kwargs,
+                                                                    "encoder_hidden_states"))
+        self._captures[role] = (_Capture(self.families[role].blocks(stack)).__enter__(), side_encoder)
+
+    def _stack_post(self, role: str, stack: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """After a backbone stack ran: run the side network; replace the output (decoder / encoder-only model) or
+        keep the side encoder states for the side decoder."""
+        entry = self._captures.pop(role, None)
+        if entry is None:
+            return None
+        capture, side_encoder = entry
+        capture.__exit__()
+        if output is None:  # the stack raised; always_call hook
+            return None
+        s = self.sides()[role](capture, side_encoder)
         if role == "encoder" and self.decoder is not None:
             self._encoder_cache = (primary_output(output), s)
-            return output
+            return None
         up = self.upsample(s)
         return map_primary_output(output, lambda _: up)
 

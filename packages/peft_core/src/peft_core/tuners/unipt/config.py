@@ -9,16 +9,19 @@ arXiv 2308.14316; code Paranioar/UniPT @ 3fa457d987) is a side network on the *o
     Y = Up(A + Proj(M))                   or   Y = raw_anchor + Up(Proj(M))  (CLIP4Clip)
 
 The presets (:meth:`UniPTConfig.vse_text` ... :meth:`UniPTConfig.mdetr_decoder`) give each upstream host's exact
-structure; see ``docs/methods/unipt.md``. All fields have defaults and are JSON-serialisable (ints, floats, strings,
-bools, lists), so the class can later derive from the shared config base class unchanged.
+structure; see ``docs/methods/unipt.md``. :class:`UniPTConfig` is a :class:`~peft_core.config.PetlConfig`
+(``method = "unipt"``): ``add_adapter(model, config)`` attaches the side network to the model root
+(:mod:`peft_core.tuners.unipt.model`), and the JSON round trip is the shared one (``format_version``, unknown keys
+dropped with a warning).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Iterable
+import re
 from typing import Any, ClassVar
+
+from peft_core.config import PetlConfig, check_choice
 
 INPUT_KINDS = ("tokens", "cnn_pyramid")
 ANCHORS = ("last_sequence", "token")
@@ -28,15 +31,11 @@ PROJECTIONS = ("linear_ln", "mlp_ln", "conv_bn", "none")
 UPS = ("relu_linear", "linear", "relu_linear_ln", "relu_conv", "none")
 RESIDUALS = ("anchor", "raw_anchor")
 INITS = ("default", "xavier_uniform", "bert_normal")
+RESIDUAL_TOKENS = ("first", "eot")
+MASK_AUTO = "auto"
 
 _TOKEN_ONLY = {"downsample": ("linear_ln", "relu_linear"), "projection": ("linear_ln", "mlp_ln", "none")}
 _CNN_ONLY = {"downsample": ("conv_bn",), "projection": ("conv_bn", "none"), "up": ("relu_conv", "none")}
-
-
-def _choice(field: str, value: Any, allowed: Iterable[Any]) -> None:
-    allowed = list(allowed)
-    if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not allowed; expected one of {allowed}")
 
 
 def _positive_int(field: str, value: Any) -> None:
@@ -45,10 +44,15 @@ def _positive_int(field: str, value: Any) -> None:
 
 
 @dataclasses.dataclass
-class UniPTConfig:
-    """Options of the UniPT side network (:class:`~peft_core.tuners.unipt.layer.UniPTSide`).
+class UniPTConfig(PetlConfig):
+    """Options of the UniPT side network (:class:`~peft_core.tuners.unipt.layer.UniPTSide`) and of where
+    ``add_adapter`` reads its inputs (:class:`~peft_core.tuners.unipt.layer.UniPTLayer`).
 
-    Attributes:
+    The shared targeting fields ``target_modules`` / ``target_types`` / ``exclude_modules`` must stay ``None``: the
+    single host of a UniPT adapter is the model root, and the features are chosen by ``layer_modules``.
+    ``modules_to_save`` (task heads) works as for every method.
+
+    Side network (the numerics):
         hidden_sizes: channel width of each backbone feature, in layer order. With ``anchor="last_sequence"`` the
             last entry is the anchor layer (VSE-infty: 13 BERT hidden states of 768; ResNeXt stages 256..2048).
         embed_size: ``E``, width of the output; with ``anchor="token"`` also the width of the raw anchor token.
@@ -81,6 +85,26 @@ class UniPTConfig:
             ``"bert_normal"`` (Linear weights N(0, init_std), biases 0, LayerNorm 1/0, CLIP-ViL).
         init_std: standard deviation of ``"bert_normal"``.
         layer_norm_eps: epsilon of every side LayerNorm (upstream: PyTorch's default 1e-5 everywhere).
+
+    Attachment (used by ``add_adapter`` only; ``None`` = the default for the detected architecture):
+        layer_modules: regular expression (full match on the dotted name) or list of name suffixes selecting the
+            modules whose *outputs* are the features, in call order. Default: transformers / timm / torch encoders
+            = the blocks of the one ``encoder.layer(s)`` / ``layers`` / ``blocks`` list in the model (BERT:
+            ``encoder.layer.N``); CNNs (``input_kind="cnn_pyramid"``) = the ResNet stages ``layer1`` .. ``layer4``
+            (timm ResNet / ResNeXt, also ``features_only``).
+        include_input: prepend the input of the first layer module as feature 0 (BERT / CLIP / ViT: the embedding
+            output, giving the 13 hidden states of a 12-layer encoder). Default: ``True`` for tokens, ``False`` for
+            a CNN pyramid.
+        anchor_module: (``anchor="token"``) module whose output is the raw anchor token ``(B, E)`` (CLIP:
+            ``visual_projection`` / ``text_projection``: the projected CLS / EOT embedding).
+        output_module: module whose output is replaced by the side output (its main tensor: ``last_hidden_state``
+            of a transformers output, the tensor itself, element 0 of a tuple; a list of feature maps is replaced
+            as a whole). ``None``: the model root. The backbone runs without autograd until that module returns.
+        mask_kwarg: forward keyword of the model holding the ``(B, L)`` validity mask of token features.
+            ``"auto"``: ``attention_mask`` (1 = token), else ``src_key_padding_mask`` / ``key_padding_mask``;
+            a name ending in ``padding_mask`` is inverted (PyTorch convention, True = padding). ``None``: no mask.
+        residual_token: (``target_token_residual``) which token of ``T_i`` is added to ``M_i``: ``"first"`` (CLS)
+            or ``"eot"`` (``input_ids.argmax(-1)`` of the model's ``input_ids``, CLIP4Clip text).
     """
 
     method: ClassVar[str] = "unipt"
@@ -106,12 +130,21 @@ class UniPTConfig:
     init: str = "default"
     init_std: float = 0.02
     layer_norm_eps: float = 1e-5
+    layer_modules: str | list[str] | None = None
+    include_input: bool | None = None
+    anchor_module: str | None = None
+    output_module: str | None = None
+    mask_kwarg: str | None = MASK_AUTO
+    residual_token: str = "first"
 
     def __post_init__(self) -> None:
-        self.hidden_sizes = list(self.hidden_sizes)
-        if self.target_layers is not None:
+        if isinstance(self.hidden_sizes, tuple | list):
+            self.hidden_sizes = list(self.hidden_sizes)
+        if isinstance(self.target_layers, tuple):
             self.target_layers = list(self.target_layers)
-        self.validate()
+        if isinstance(self.layer_modules, tuple):
+            self.layer_modules = list(self.layer_modules)
+        super().__post_init__()
 
     # ------------------------------------------------------------------------------------------------ derived
     @property
@@ -135,14 +168,21 @@ class UniPTConfig:
     # ---------------------------------------------------------------------------------------------- validate
     def validate(self) -> None:
         """Check every field; raise ``ValueError`` naming the field and the allowed values."""
-        _choice("input_kind", self.input_kind, INPUT_KINDS)
-        _choice("anchor", self.anchor, ANCHORS)
-        _choice("l1norm_mode", self.l1norm_mode, L1NORM_MODES)
-        _choice("downsample", self.downsample, DOWNSAMPLES)
-        _choice("projection", self.projection, PROJECTIONS)
-        _choice("up", self.up, UPS)
-        _choice("residual", self.residual, RESIDUALS)
-        _choice("init", self.init, INITS)
+        super().validate()
+        for name in ("target_modules", "target_types", "exclude_modules"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not allowed for UniPT; expected None (the host is the model "
+                    "root; choose the feature layers with layer_modules)"
+                )
+        check_choice("input_kind", self.input_kind, INPUT_KINDS)
+        check_choice("anchor", self.anchor, ANCHORS)
+        check_choice("l1norm_mode", self.l1norm_mode, L1NORM_MODES)
+        check_choice("downsample", self.downsample, DOWNSAMPLES)
+        check_choice("projection", self.projection, PROJECTIONS)
+        check_choice("up", self.up, UPS)
+        check_choice("residual", self.residual, RESIDUALS)
+        check_choice("init", self.init, INITS)
         if not isinstance(self.hidden_sizes, list) or not self.hidden_sizes:
             raise ValueError(f"hidden_sizes={self.hidden_sizes!r} is not allowed; expected a non-empty list of ints")
         for i, size in enumerate(self.hidden_sizes):
@@ -161,9 +201,10 @@ class UniPTConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name}={value!r} is not allowed; expected a number > 0")
         for name in ("identity", "target_token_residual", "masked_mean_clamp", "cross_context", "output_levels"):
-            _choice(name, getattr(self, name), (True, False))
+            check_choice(name, getattr(self, name), (True, False))
         self._validate_targets()
         self._validate_combinations()
+        self._validate_attachment()
 
     def _validate_targets(self) -> None:
         n = len(self.hidden_sizes)
@@ -215,30 +256,34 @@ class UniPTConfig:
             if self.out_dim != self.embed_size:
                 raise ValueError("residual='raw_anchor' is not allowed with up='none'; expected an up kind to width E")
 
+    def _validate_attachment(self) -> None:
+        value = self.layer_modules
+        if isinstance(value, str):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"layer_modules={value!r} is not allowed; expected a valid regular expression ({exc})")
+        elif value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+            raise ValueError(
+                f"layer_modules={value!r} is not allowed; expected a regex string, a non-empty list of name suffixes "
+                "or None"
+            )
+        if self.include_input is not None and not isinstance(self.include_input, bool):
+            raise ValueError(f"include_input={self.include_input!r} is not allowed; expected one of [None, True, False]")
+        for name in ("anchor_module", "output_module", "mask_kwarg"):
+            item = getattr(self, name)
+            if item is not None and (not isinstance(item, str) or not item):
+                raise ValueError(f"{name}={item!r} is not allowed; expected a non-empty string or None")
+        check_choice("residual_token", self.residual_token, RESIDUAL_TOKENS)
+        if self.anchor_module is not None and self.anchor != "token":
+            raise ValueError(
+                f"anchor_module={self.anchor_module!r} is not allowed with anchor='last_sequence'; expected None "
+                "(the anchor is the last feature)"
+            )
+
     # ------------------------------------------------------------------------------------------ serialisation
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict (with the ``method`` key, as the shared config format has)."""
-        data = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        return {"method": self.method, **data}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> UniPTConfig:
-        """Build from :meth:`to_dict` output; ``method``/``format_version`` are checked/ignored, unknown keys dropped
-        with a warning."""
-        data = dict(data)
-        method = data.pop("method", cls.method)
-        if method != cls.method:
-            raise ValueError(f"{source}: method={method!r} cannot be read as a {cls.__name__} (method {cls.method!r})")
-        data.pop("format_version", None)
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            warnings.warn(f"{source}: dropping keys unknown to {cls.__name__}: {unknown}", UserWarning, stacklevel=2)
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def replace(self, **changes: Any) -> UniPTConfig:
-        """A validated copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
+    # ``to_dict`` / ``from_dict`` / ``replace`` / ``save`` are :class:`PetlConfig`'s: ``{"method": "unipt",
+    # "format_version": 1, ...fields}``, unknown keys dropped with a warning.
 
     # ------------------------------------------------------------------------------------------------ presets
     # One per upstream host; the structure lives in :mod:`peft_core.tuners.unipt.presets`.
@@ -282,11 +327,3 @@ def _preset(name: str, cls: type[UniPTConfig], kwargs: dict[str, Any]) -> UniPTC
     from peft_core.tuners.unipt import presets
 
     return getattr(presets, name)(config_cls=cls, **kwargs)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value

@@ -10,15 +10,22 @@ One module reproduces the four upstream hosts (Paranioar/UniPT @ 3fa457d987); wh
 * ``CLIP-ViL/src/lxrt/modeling.py:LXRTEncoder`` side network (:meth:`UniPTConfig.clipvil`)
 * ``MDETR/models/transformer.py:Transformer`` side network (:meth:`UniPTConfig.mdetr_encoder` /
   :meth:`UniPTConfig.mdetr_decoder`)
+
+:class:`UniPTLayer` is the :class:`~peft_core.layer.MethodLayer` that ``add_adapter`` puts on the model root: it runs
+the backbone without autograd, collects the features with forward hooks and replaces the output with the side's.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from peft_core.layer import PETL_ATTR, MethodLayer, primary_input, primary_output
 
 from peft_core.tuners.unipt import ops
 from peft_core.tuners.unipt.blocks import (
@@ -248,3 +255,274 @@ class UniPTSide(nn.Module):
         if mask is not None and tuple(mask.shape) != tuple(ref.shape[:2]):
             raise ValueError(f"UniPT mask has shape {tuple(mask.shape)}; expected (B, L) = {tuple(ref.shape[:2])}")
         return mask
+
+
+# ================================================================================================ the method layer
+@dataclass(frozen=True)
+class FeatureSources:
+    """Where a :class:`UniPTLayer` reads its inputs: dotted module names relative to the host (the model root).
+
+    ``layers``: modules whose outputs are the features, in call order; ``include_input``: the input of
+    ``layers[0]`` is feature 0; ``anchor``: module whose output is the raw anchor token (``anchor="token"``);
+    ``output``: module whose output is replaced by the side output (``""`` = the root).
+    """
+
+    layers: tuple[str, ...]
+    include_input: bool
+    anchor: str | None = None
+    output: str = ""
+
+    @property
+    def num_features(self) -> int:
+        return len(self.layers) + int(self.include_input)
+
+
+@dataclass
+class _FrozenRun:
+    """Bookkeeping of one forward of a host, shared by its UniPT layers (several adapters, e.g. the CLIP4Clip visual
+    and text sides on one CLIPModel): grad stays off until the last active layer has its output (``pending``); the
+    ``petl`` child hidden from a container host comes back when the last layer's root hook has run (``members``)."""
+
+    outer: bool
+    pending: set[int] = field(default_factory=set)
+    members: set[int] = field(default_factory=set)
+    grad_restored: bool = False
+    hidden_petl: nn.Module | None = None
+
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+"""Hosts whose forward calls every child (``nn.Sequential``, timm ``features_only`` = ``nn.ModuleDict``)."""
+_RUN_ATTR = "_petl_unipt_run"
+_MASK_KWARGS = ("attention_mask", "src_key_padding_mask", "key_padding_mask")
+_SIGNATURES: dict[type, inspect.Signature | None] = {}
+
+
+def _call_arguments(host: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The host's forward arguments by name (positional ones bound through the forward signature)."""
+    cls = type(host)
+    if cls not in _SIGNATURES:
+        try:
+            _SIGNATURES[cls] = inspect.signature(host.forward)
+        except (TypeError, ValueError):
+            _SIGNATURES[cls] = None
+    sig = _SIGNATURES[cls]
+    if sig is None or not args:
+        return dict(kwargs)
+    try:
+        bound = sig.bind_partial(*args, **kwargs)
+    except TypeError:
+        return dict(kwargs)
+    named = {k: v for k, v in bound.arguments.items() if sig.parameters[k].kind is not inspect.Parameter.VAR_KEYWORD}
+    for k, p in sig.parameters.items():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(bound.arguments.get(k, {}))
+    return named
+
+
+def read_mask(call: dict[str, Any], mask_kwarg: str | None) -> Tensor | None:
+    """The ``(B, L)`` bool validity mask (True = token) of a forward call, or ``None``.
+
+    ``mask_kwarg="auto"`` takes the first of ``attention_mask`` / ``src_key_padding_mask`` / ``key_padding_mask``
+    that was given; a ``*padding_mask`` (True = padding, PyTorch's convention) is inverted.
+    """
+    if mask_kwarg is None:
+        return None
+    names = _MASK_KWARGS if mask_kwarg == "auto" else (mask_kwarg,)
+    for name in names:
+        value = call.get(name)
+        if isinstance(value, Tensor):
+            return ~value.bool() if name.endswith("padding_mask") else value != 0
+    return None
+
+
+def replace_output(output: Any, value: Tensor) -> Any:
+    """``output`` with its main tensor replaced by ``value``.
+
+    A tensor is replaced; a transformers ``ModelOutput`` / dict gets ``last_hidden_state`` (else its first entry)
+    replaced; a tuple its element 0; a list (a ``features_only`` CNN's feature maps) is replaced as a whole.
+    """
+    if isinstance(output, Tensor | list):
+        return value
+    if isinstance(output, dict):
+        key = "last_hidden_state" if "last_hidden_state" in output else next(iter(output.keys()))
+        output[key] = value
+        return output
+    if isinstance(output, tuple):
+        rest = output[1:]
+        return type(output)(value, *rest) if hasattr(output, "_fields") else (value, *rest)
+    raise TypeError(f"UniPT cannot replace the output of type {type(output).__name__}; expected a tensor, a "
+                    "ModelOutput / dict, a tuple or a list of feature maps (set output_module)")
+
+
+class UniPTLayer(MethodLayer):
+    """UniPT as a ``peft_core`` method layer on the model root (``add_adapter(model, UniPTConfig(...))``).
+
+    For one forward of the host (the model root) ``y = model(*args, **kwargs)``::
+
+        with torch.no_grad():                     # root forward pre-hook .. output module's forward hook
+            h_0, .., h_{N-1} = features           # forward hooks on the layer modules (h_0 = input of the first
+                                                  #   with include_input), anchor token from anchor_module
+        Y, p = UniPTSide(h, mask=attention_mask, anchor=..., position=...)      # with autograd (outer mode)
+        y = output with its main tensor replaced by Y                # at output_module (default: the root)
+
+    (UniPT, Diao et al. 2023, Paranioar/UniPT @ 3fa457d987: VSE-infty ``lib/encoders.py`` and CLIP4Clip
+    ``modules/modeling.py`` call the backbone under ``torch.no_grad()`` and feed its hidden states to the side.)
+
+    Why hooks and not a wrapped ``forward``: the model keeps its class and its ``forward``; a pre-hook on the root
+    switches grad off and a root forward hook registered with ``always_call=True`` switches it back even when the
+    forward raises. The side output is computed under the grad mode the caller had, in the hook of
+    ``output_module`` (so that the rest of the forward, e.g. CLIP's logits, carries its gradient) or of the root.
+    No activation of the backbone up to ``output_module`` is kept for backward, and its parameters get no grad.
+
+    ``last_output`` (detached side output) and ``last_confidence`` (the softmax weights ``p`` over the target
+    layers, ``(B, n_targets)``) keep the results of the last forward. The features are read from ``model(...)``
+    calls only: methods that bypass ``__call__`` of the root (``CLIPModel.get_image_features``) are not adapted.
+    """
+
+    def __init__(self, config: UniPTConfig, sources: FeatureSources) -> None:
+        super().__init__()
+        if sources.num_features != len(config.hidden_sizes):
+            raise ValueError(
+                f"UniPT: {sources.num_features} feature sources but hidden_sizes has {len(config.hidden_sizes)} entries"
+            )
+        self.side = UniPTSide(config)
+        self.sources = sources
+        self.last_output: Tensor | None = None
+        self._run: _FrozenRun | None = None
+        self._reset()
+
+    @property
+    def config(self) -> UniPTConfig:
+        return self.side.config
+
+    @property
+    def last_confidence(self) -> Tensor | None:
+        """Confidence weights ``p`` ``(B, n_targets)`` of the last forward (detached)."""
+        return self.side.last_confidence
+
+    def _reset(self) -> None:
+        self._running = False
+        self._produced = False
+        self._states: list[Tensor] = []
+        self._anchor: Tensor | None = None
+        self._side_kwargs: dict[str, Tensor] = {}
+
+    # -------------------------------------------------------------------------------------------- hook plumbing
+    def attach(self, host: nn.Module) -> None:
+        src = self.sources
+        layers = [host.get_submodule(name) for name in src.layers]
+        if src.include_input:
+            self._handles.append(layers[0].register_forward_pre_hook(self._collect_input, with_kwargs=True))
+        self._handles.extend(layer.register_forward_hook(self._collect_output) for layer in layers)
+        if src.anchor is not None:
+            self._handles.append(host.get_submodule(src.anchor).register_forward_hook(self._collect_anchor))
+        if src.output:
+            self._handles.append(host.get_submodule(src.output).register_forward_hook(self._output_hook))
+        self._handles.append(host.register_forward_pre_hook(self._start, with_kwargs=True))
+        self._handles.append(host.register_forward_hook(self._end, with_kwargs=True, always_call=True))
+
+    def detach(self, host: nn.Module) -> None:
+        super().detach(host)
+        self._reset()
+
+    def _start(self, host: nn.Module, args: tuple, kwargs: dict) -> None:
+        run = host.__dict__.get(_RUN_ATTR)
+        if run is None:
+            run = host.__dict__[_RUN_ATTR] = _FrozenRun(torch.is_grad_enabled())
+            if isinstance(host, _CONTAINERS):
+                # a container's forward would call the ``petl`` child: hide it for the duration of this forward
+                run.hidden_petl = host._modules.pop(PETL_ATTR, None)
+        run.members.add(id(self))
+        self._run = run
+        if not self.active or self.merged:
+            return
+        self._reset()
+        cfg = self.config
+        call = _call_arguments(host, args, kwargs)
+        if cfg.input_kind == "tokens":
+            mask = read_mask(call, cfg.mask_kwarg)
+            if mask is not None:
+                self._side_kwargs["mask"] = mask
+            if cfg.target_token_residual and cfg.residual_token == "eot":
+                ids = call.get("input_ids")
+                if not isinstance(ids, Tensor):
+                    raise ValueError("UniPT residual_token='eot' needs the model to be called with input_ids")
+                self._side_kwargs["position"] = ids.argmax(dim=-1)
+        run.pending.add(id(self))
+        self._running = True
+        torch.set_grad_enabled(False)
+
+    def _release(self) -> None:
+        """This layer no longer needs the backbone frozen; the last one of the host restores the grad mode."""
+        run = self._run
+        if run is None or id(self) not in run.pending:
+            return
+        run.pending.discard(id(self))
+        if not run.pending and not run.grad_restored:
+            run.grad_restored = True
+            torch.set_grad_enabled(run.outer)
+
+    def _end(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        try:
+            if not self._running or output is None or self._produced:  # output None: the forward raised
+                return None
+            if not self.sources.output:
+                return replace_output(output, self._compute())
+            if self._states:
+                raise RuntimeError(
+                    f"UniPT: output_module {self.sources.output!r} did not run after the features were collected; "
+                    "set output_module to a module the forward calls after the feature layers"
+                )
+            return None
+        finally:
+            self._release()
+            self._reset()
+            run, self._run = self._run, None
+            if run is not None:
+                run.members.discard(id(self))
+                if not run.members:
+                    if run.hidden_petl is not None:
+                        host._modules[PETL_ATTR] = run.hidden_petl
+                    host.__dict__.pop(_RUN_ATTR, None)
+
+    def _collect_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._running:
+            self._states.append(primary_input(args, kwargs))
+
+    def _collect_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._running:
+            self._states.append(primary_output(output))
+
+    def _collect_anchor(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._running:
+            self._anchor = primary_output(output)
+
+    def _output_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not self._running or self._produced:
+            return None
+        try:
+            return replace_output(output, self._compute())
+        finally:
+            self._release()
+
+    # ------------------------------------------------------------------------------------------------- compute
+    def _compute(self) -> Tensor:
+        self._produced = True
+        states, self._states = self._states, []
+        expected = len(self.config.hidden_sizes)
+        if len(states) != expected:
+            raise RuntimeError(
+                f"UniPT collected {len(states)} features in this forward but hidden_sizes has {expected} entries "
+                f"(layer modules {list(self.sources.layers)[:3]}..., include_input={self.sources.include_input}); "
+                "each layer module must run exactly once per forward"
+            )
+        kwargs: dict[str, Tensor] = dict(self._side_kwargs)
+        if self.config.anchor == "token":
+            if self._anchor is None:
+                raise RuntimeError(f"UniPT: anchor_module {self.sources.anchor!r} did not run before the output")
+            kwargs["anchor"] = self._anchor
+        with torch.set_grad_enabled(self._run.outer):
+            out = self.side(states, **kwargs).output
+        self.last_output = out.detach()
+        return out
+

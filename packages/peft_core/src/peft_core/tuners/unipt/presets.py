@@ -1,7 +1,10 @@
 """One UniPT configuration per upstream host (Paranioar/UniPT @ 3fa457d987), structure-exact.
 
-Each function takes the host's size arguments plus ``**overrides`` (any :class:`UniPTConfig` field). Side parameter
-counts at the defaults (upstream's ``count_params``; ``tests/test_unipt.py`` checks them):
+Each function takes the host's size arguments plus ``**overrides`` (any :class:`UniPTConfig` field); the attachment
+fields (``layer_modules``, ``anchor_module``, ``output_module``, ``mask_kwarg``) are set for the module names of the
+transformers / timm models the upstream hosts use (BERT, CLIP towers, ResNet stages), so ``add_adapter`` works on them
+directly. They are registered as ``unipt-vse-text`` ... ``unipt-mdetr-decoder`` in :mod:`peft_core.tuners.unipt.model`.
+Side parameter counts at the defaults (upstream's ``count_params``; ``tests/test_unipt.py`` checks them):
 
 ====================  =========  =========================================================================
 preset                params     upstream
@@ -82,7 +85,9 @@ def _clip4clip(
     downsample_factor: int,
     config_cls: ConfigCls,
     overrides: dict[str, Any],
+    tower: str,
 ) -> UniPTConfig:
+    projection = "visual_projection" if tower == "vision" else "text_projection"
     base = dict(
         hidden_sizes=[width] * num_hidden_states,
         embed_size=embed_size,
@@ -97,6 +102,14 @@ def _clip4clip(
         up="relu_linear",
         residual="raw_anchor",
         masked_mean_clamp=True,
+        # transformers CLIPModel / CLIP{Vision,Text}ModelWithProjection: hidden states = input of layer 0 + 12 layer
+        # outputs; raw anchor = the projected CLS / EOT embedding, replaced by the side output
+        layer_modules=rf"(.*\.)?{tower}_model\.encoder\.layers\.\d+",
+        include_input=True,
+        anchor_module=projection,
+        output_module=projection,
+        mask_kwarg=None if tower == "vision" else "attention_mask",
+        residual_token="first" if tower == "vision" else "eot",
     )
     return _make(config_cls, base, overrides)
 
@@ -114,8 +127,11 @@ def clip4clip_visual(
 
     ReLU+Linear downsample, no projection, ``Y = raw_anchor + ReLU+Linear(M)``, no identity but ``+ T_i[:, 0]``,
     l1norm ``clamp(1e-6)``, no mask. Upstream ``CLIP4Clip/modules/module_adapter.py:Our_tuning_for_transformer``.
+
+    ``add_adapter``: features = ``vision_model.encoder.layers.N`` (+ their input), anchor and replaced output =
+    ``visual_projection`` (so CLIP's ``image_embeds`` / logits use the side output).
     """
-    return _clip4clip(width, num_hidden_states, embed_size, downsample_factor, config_cls, overrides)
+    return _clip4clip(width, num_hidden_states, embed_size, downsample_factor, config_cls, overrides, "vision")
 
 
 def clip4clip_text(
@@ -128,8 +144,11 @@ def clip4clip_text(
     **overrides: Any,
 ) -> UniPTConfig:
     """CLIP4Clip text tower: as :func:`clip4clip_visual` on the text transformer (width 512), anchor = the projected
-    EOT embedding; call with ``mask=(input_ids != 0)`` and ``position=input_ids.argmax(-1)``."""
-    return _clip4clip(width, num_hidden_states, embed_size, downsample_factor, config_cls, overrides)
+    EOT embedding; call with ``mask=(input_ids != 0)`` and ``position=input_ids.argmax(-1)``.
+
+    ``add_adapter``: features = ``text_model.encoder.layers.N`` (+ their input), anchor and replaced output =
+    ``text_projection``, mask = the model's ``attention_mask``, position = ``input_ids.argmax(-1)``."""
+    return _clip4clip(width, num_hidden_states, embed_size, downsample_factor, config_cls, overrides, "text")
 
 
 def clipvil(
@@ -144,6 +163,9 @@ def clipvil(
 
     Linear+LN downsample, MLP(d, 768, d)+LN projection, Linear(d, 768) up, identity, l1norm ``+1e-6``, BERT-normal
     init. Upstream ``CLIP-ViL/src/lxrt/modeling.py:LXRTEncoder`` (``side_*_l``).
+
+    ``add_adapter`` (BERT-like single stream): the side output replaces the ``encoder`` output, so the frozen pooler
+    runs on it, as upstream feeds the side output to ``BertPooler`` and the trainable ``logit_fc``.
     """
     base = dict(
         hidden_sizes=[hidden_size] * (num_layers + 1),
@@ -153,6 +175,7 @@ def clipvil(
         projection="mlp_ln",
         up="linear",
         init="bert_normal",
+        output_module="encoder",
     )
     return _make(config_cls, base, overrides)
 
@@ -181,6 +204,8 @@ def mdetr_encoder(
 
     Output = ``side_img_memory`` = ``A + Proj(M)`` (width ``d_model // 2``, no Up); call with
     ``mask = ~key_padding_mask``. Upstream ``MDETR/models/transformer.py:Transformer.forward`` (encode path).
+
+    ``add_adapter``: any batch-first encoder with one layer list (default layer modules, ``*padding_mask`` inverted).
     """
     return _make(config_cls, {**_mdetr(d_model, num_layers, select_layers), "up": "none"}, overrides)
 
@@ -196,6 +221,9 @@ def mdetr_decoder(
     """MDETR decoder side: features = [tgt, hs_0..hs_5] (batch first), anchor = hs[-1], no mask; each target first
     crosses the encoder side memory (``context=side_img_memory, context_mask=~key_padding_mask``); output =
     ``ReLU+Linear+LN`` of ``stack([T_1, T_3, T_5, A + Proj(M)])``. Upstream ``MDETR/models/transformer.py`` (decode).
+
+    Side network only: the crossers need the encoder side's memory as ``context``, which a single adapter on one
+    model cannot receive, so ``add_adapter`` rejects it (use :class:`UniPTSide` directly).
     """
     base = {**_mdetr(d_model, num_layers, select_layers), "up": "relu_linear_ln"}
     return _make(config_cls, {**base, "cross_context": True, "output_levels": True}, overrides)

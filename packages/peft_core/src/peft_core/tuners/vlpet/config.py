@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from peft_core.config import PetlConfig, check_choice, check_positive
 
 GRANULARITIES = ("large", "middleX", "middleY", "small", "none")
-ADAPTER_KINDS = ("multihead", "bottleneck", "none")
+ADAPTER_KINDS = ("multihead", "bottleneck", "compacter", "none")
+VPA_KINDS = ("linear", "compacter")
 SUBLAYERS = ("attn", "ffn")
 INITS = ("bert", "torch")
 SMALL_GATE_MEANS = ("masked", "upstream")
@@ -34,7 +35,9 @@ class VlpetConfig(PetlConfig):
             ``small`` G = mean over tokens of sigmoid(Linear(2d, 1)([X; H'])) (B, 1, 1); ``none`` G = 1.
         adapter_kind: ``multihead`` (VL-PET: N_h Linear(d, r/N_h) concatenated -> gelu_new -> Linear(r, d));
             ``bottleneck`` (VL-Adapter: Linear(d, r) -> gelu_new -> Linear(r, d), the "VL-Adapter + G_large"
-            variant of paper Table 9); ``none`` (H' = H, gate only). A Compacter (PHM) adapter is not offered.
+            variant of paper Table 9); ``compacter`` (PHM layers: PHM(d, r) -> gelu_new -> PHM(r, d), with
+            ``phm_division`` Kronecker summands, a rule per layer, unfactorised blocks, the "Compacter + G_large"
+            variant of Table 9); ``none`` (H' = H, gate only).
         r: adapter bottleneck size. num_heads: N_h of the multi-head down projection (``r % num_heads == 0``).
         gate_dim: r_g, the hidden size of the ``large`` gate.
         scaling: s (upstream ``encoder_gating_scaling_factor``: BART scripts 1.0, T5 scripts 0.3).
@@ -48,6 +51,10 @@ class VlpetConfig(PetlConfig):
             middleY z (``--use_encoder_gating_middle_ia3_zero_init``, G = 1).
         vpa_dim: hidden size of the decoder value parallel adapter; ``None`` for no VPA.
         vpa_up_zero_init: zero the VPA's up projection (``--use_decoder_enc_vpa_up_zero_init``): identity.
+        vpa_kind: ``linear`` (Linear down / up) or ``compacter`` (PHM down / up; upstream builds the VPA from the
+            adapter config, so with ``--use_compacter`` the VPA is a PHM adapter too).
+        phm_division: n, the number of Kronecker summands of the PHM layers (``compacter`` kinds; VL-Adapter's
+            Compacter uses 2); must divide d, r and ``vpa_dim``.
         small_gate_mean: ``masked`` averages the small gate over valid (non-padding) tokens only, with the padding read
             from the encoder layer's ``attention_mask``; ``upstream`` averages over all positions, padding included
             (upstream behaviour, a bug: the gate of a sequence depends on how much padding its batch has).
@@ -71,6 +78,8 @@ class VlpetConfig(PetlConfig):
     gate_zero_init: bool = False
     vpa_dim: int | None = 96
     vpa_up_zero_init: bool = False
+    vpa_kind: str = "linear"
+    phm_division: int = 2
     small_gate_mean: str = "masked"
     middle_y_gate: str = "one_plus"
     encoder_layer_norms: bool = False
@@ -87,7 +96,8 @@ class VlpetConfig(PetlConfig):
         check_choice("init", self.init, INITS)
         check_choice("small_gate_mean", self.small_gate_mean, SMALL_GATE_MEANS)
         check_choice("middle_y_gate", self.middle_y_gate, MIDDLE_Y_GATES)
-        for name in ("r", "num_heads", "gate_dim"):
+        check_choice("vpa_kind", self.vpa_kind, VPA_KINDS)
+        for name in ("r", "num_heads", "gate_dim", "phm_division"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} is not allowed; expected a positive integer")
@@ -96,6 +106,13 @@ class VlpetConfig(PetlConfig):
             raise ValueError(
                 f"r={self.r!r} is not allowed with num_heads={self.num_heads!r}; expected r divisible by num_heads"
             )
+        if self.adapter_kind == "compacter" and self.r % self.phm_division:
+            raise ValueError(
+                f"r={self.r!r} is not allowed with phm_division={self.phm_division!r}; expected r divisible by it"
+            )
+        if self.vpa_kind == "compacter" and self.vpa_dim is not None and self.vpa_dim % self.phm_division:
+            raise ValueError(f"vpa_dim={self.vpa_dim!r} is not allowed with phm_division={self.phm_division!r}; "
+                             "expected vpa_dim divisible by it")
         if not isinstance(self.scaling, int | float) or isinstance(self.scaling, bool):
             raise ValueError(f"scaling={self.scaling!r} is not allowed; expected a number")
         if not isinstance(self.where, list | tuple) or len(set(self.where)) != len(self.where):

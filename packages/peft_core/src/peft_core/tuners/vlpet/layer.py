@@ -28,6 +28,8 @@ from torch import nn
 from peft_core.layer import MethodLayer, map_primary_output, primary_input
 from peft_core.tuners.activations import GeluNew
 from peft_core.tuners.bottleneck.layer import BottleneckAdapter
+from peft_core.tuners.compacter.config import CompacterConfig
+from peft_core.tuners.compacter.layer import PHMLinear
 from peft_core.tuners.vlpet.config import VlpetConfig
 from peft_core.tuners.vlpet.sublayer import Sublayer, SublayerLayer
 
@@ -65,6 +67,29 @@ class MultiheadDownAdapter(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(torch.cat([down(h) for down in self.down], dim=-1)))
+
+
+def phm_config(config: VlpetConfig, hidden: int) -> CompacterConfig:
+    """The PHM settings of VL-Adapter's Compacter (``single_compacter.sh``): n = ``phm_division``, a rule per layer,
+    unfactorised blocks, glorot-uniform blocks, N(0, 0.01) rules, zero biases."""
+    return CompacterConfig(bottleneck_dim=hidden, reduction_factor=None, hypercomplex_division=config.phm_division,
+                           shared_phm_rule=False, factorized_phm=False, w_init="glorot-uniform", c_init="normal",
+                           phm_init_range=0.01, activation="gelu_new", bias=True)
+
+
+class PhmAdapter(nn.Module):
+    """``up(gelu_new(down(h)))`` with PHM (Compacter) projections: ``PHM(x) = x sum_i A_i kron B_i + b``.
+    Upstream ``adapters/adapter_modeling.py:HyperComplexAdapter`` (VL_adapter / VL-PET ``--use_compacter``)."""
+
+    def __init__(self, dim_in: int, hidden: int, config: VlpetConfig, dim_out: int | None = None) -> None:
+        super().__init__()
+        phm = phm_config(config, hidden)
+        self.down = PHMLinear(dim_in, hidden, phm)
+        self.act = GeluNew()
+        self.up = PHMLinear(hidden, dim_in if dim_out is None else dim_out, phm)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(h)))
 
 
 class LargeGate(nn.Module):
@@ -181,6 +206,9 @@ def make_adapter(config: VlpetConfig, dim: int) -> nn.Module | None:
             adapter.down.reset_parameters()
             adapter.up.reset_parameters()
         up = adapter.up
+    elif config.adapter_kind == "compacter":
+        adapter = PhmAdapter(dim, config.r, config)
+        up = adapter.up
     else:
         return None
     if config.adapter_up_zero_init:
@@ -213,19 +241,25 @@ class VlpetSublayerLayer(SublayerLayer):
 class ValueParallelAdapterLayer(MethodLayer):
     """VL-PET's value parallel adapter on a decoder cross-attention value projection:
     ``V = v_proj(E) + up(gelu_new(down(E)))`` with E the encoder output (the projection's input); no LayerNorm, no
-    scaling. Upstream ``BartAttentionWithValueAdapter`` (``attn_value_parallel_adapter``, an AdapterController with
-    ``use_parallel_adapter=True``) and T5Attention ``project_vpa``."""
+    scaling. ``vpa_kind="compacter"`` makes down / up PHM layers. Upstream ``BartAttentionWithValueAdapter``
+    (``attn_value_parallel_adapter``, an AdapterController with ``use_parallel_adapter=True``) and T5Attention
+    ``project_vpa``."""
 
     def __init__(self, host: nn.Linear, config: VlpetConfig) -> None:
         super().__init__()
         if config.vpa_dim is None:
             raise ValueError("vpa_dim=None is not allowed for a value parallel adapter; expected a positive integer")
-        self.down = new_linear(host.in_features, config.vpa_dim, config.init)
+        if config.vpa_kind == "compacter":
+            phm = phm_config(config, config.vpa_dim)
+            self.down: nn.Module = PHMLinear(host.in_features, config.vpa_dim, phm)
+            self.up: nn.Module = PHMLinear(config.vpa_dim, host.out_features, phm)
+        else:
+            self.down = new_linear(host.in_features, config.vpa_dim, config.init)
+            self.up = new_linear(config.vpa_dim, host.out_features, config.init)
         self.act = GeluNew()
-        self.up = new_linear(config.vpa_dim, host.out_features, config.init)
         if config.vpa_up_zero_init:
             zero_(self.up)
 
     def post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         e = primary_input(args, kwargs)
-        return map_primary_output(output, lambda v: v + self.up(self.act(self.down(v))))
+        return map_primary_output(output, lambda v: v + self.up(self.act(self.down(e.to(v.dtype)))))

@@ -177,3 +177,10 @@ def vlpet_large_t5(**kw: object) -> VlpetConfig:
                  "VL-PET paper Table 9 (4.16%); adapter as ylsung/VL_adapter adapters/adapter_modeling.py:Adapter")
 def vl_adapter_glarge_bart(**kw: object) -> VlpetConfig:
     return _bart("large", {"adapter_kind": "bottleneck", **kw})
+
+
+@register_preset("compacter-glarge-bart",
+                 "Compacter (PHM n=2, r=96) + G_large (r_g=96) + lightweight design (encoder only, PHM VPA 96), BART",
+                 "VL-PET paper Table 9 (3.28%); PHM settings: HenryHZY/VL-PET scripts/image-text/single_compacter.sh")
+def compacter_glarge_bart(**kw: object) -> VlpetConfig:
+    return _bart("large", {"adapter_kind": "compacter", "vpa_kind": "compacter", "phm_division": 2, **kw})

@@ -1,6 +1,7 @@
 """Prefix tuning on windowed (Swin / Video Swin) attention."""
 from peft_core.tuners.window_prefix.config import WindowPrefixConfig
 from peft_core.tuners.window_prefix.layer import (
+    WindowPrefixForward,
     WindowPrefixLayer,
     relative_position_bias,
     window_attention_error,
@@ -9,5 +10,13 @@ from peft_core.tuners.window_prefix.layer import (
 )
 from peft_core.tuners.window_prefix.model import WindowPrefixTuner
 
-__all__ = ["WindowPrefixConfig", "WindowPrefixLayer", "WindowPrefixTuner", "relative_position_bias",
-           "window_attention_error", "window_attention_with_prefix", "window_prefix_forward"]
+__all__ = [
+    "WindowPrefixConfig",
+    "WindowPrefixForward",
+    "WindowPrefixLayer",
+    "WindowPrefixTuner",
+    "relative_position_bias",
+    "window_attention_error",
+    "window_attention_with_prefix",
+    "window_prefix_forward",
+]

@@ -23,8 +23,6 @@ is reproduced exactly. Hooks of other methods on ``qkv`` / ``proj`` (PATT, LoRA)
 
 from __future__ import annotations
 
-import types
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -56,7 +54,7 @@ def window_attention_error(module: nn.Module) -> str | None:
         return ("expected a relative position bias: `relative_position_bias_table` + `relative_position_index` "
                 "or a `_get_rel_pos_bias()` method")
     own = module.__dict__.get("forward")
-    if own is not None and getattr(own, "__func__", None) is not window_prefix_forward:
+    if own is not None and not isinstance(own, WindowPrefixForward):
         return "the module already has an instance-level forward (another method overrides it)"
     return None
 
@@ -125,6 +123,17 @@ def window_prefix_forward(self: nn.Module, x: torch.Tensor, mask: torch.Tensor |
     return window_attention_with_prefix(self, x, mask, prefix_key, prefix_value)
 
 
+class WindowPrefixForward:
+    """The instance ``forward`` installed on a window attention (a plain object holding the host, so that the
+    model still deep-copies and pickles with the override bound to the copy)."""
+
+    def __init__(self, host: nn.Module) -> None:
+        self.host = host
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return window_prefix_forward(self.host, x, mask)
+
+
 class WindowPrefixLayer(MethodLayer):
     """Prefix keys/values for one window attention (timm Swin ``WindowAttention``, Video Swin
     ``WindowAttention3D`` or any module duck-typed like them).
@@ -164,8 +173,8 @@ class WindowPrefixLayer(MethodLayer):
     def attach(self, host: nn.Module) -> None:
         own = host.__dict__.get("forward")
         if own is None:
-            host.forward = types.MethodType(window_prefix_forward, host)
-        elif getattr(own, "__func__", None) is not window_prefix_forward:
+            host.forward = WindowPrefixForward(host)
+        elif not isinstance(own, WindowPrefixForward):
             raise TargetError(f"{type(host).__name__} already has an instance-level forward; cannot add prefixes")
 
     def detach(self, host: nn.Module) -> None:
@@ -173,5 +182,5 @@ class WindowPrefixLayer(MethodLayer):
         others = [m for m in (petl.values() if petl is not None else []) if
                   isinstance(m, WindowPrefixLayer) and m is not self]
         own = host.__dict__.get("forward")
-        if not others and getattr(own, "__func__", None) is window_prefix_forward:
+        if not others and isinstance(own, WindowPrefixForward):
             del host.forward

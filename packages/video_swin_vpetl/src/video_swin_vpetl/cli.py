@@ -1,0 +1,112 @@
+"""``video-swin-vpetl``: train, evaluate, compare, count parameters, measure memory, run the demo.
+
+    video-swin-vpetl train --config hmdb51.yaml data.root=/data/hmdb51 model.pretrained=swin_b_k400.pth
+    torchrun --nproc_per_node=4 -m video_swin_vpetl train --config hmdb51.yaml
+    video-swin-vpetl eval --checkpoint runs/v_petl/checkpoint-best.pt [data.root=...]
+    video-swin-vpetl compare runs/v_petl/result.json
+    video-swin-vpetl params --model video-swin-b --method patt-kv-m128
+    video-swin-vpetl recipe adaptformer-64+patt-kv-128 --classes 51
+    video-swin-vpetl memory --recipes patt-kv-128,full
+    video-swin-vpetl config > my.yaml            # the defaults (V-PETL README recipe)
+    video-swin-vpetl demo                        # synthetic videos, a few minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="video-swin-vpetl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a recipe (config file + section.key=value overrides)")
+    p.add_argument("--config", help="YAML or JSON file; omitted keys take the V-PETL defaults")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p = sub.add_parser("eval", help="test a training checkpoint (clips x crops views)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint-best.pt or checkpoint-last.pt of a run")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="data.test_list (multi-view) or val_list")
+    p.add_argument("--output", help="result JSON path (default: next to the checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p = sub.add_parser("compare", help="compare result JSON files with shared/baselines (peft_core.compare)",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("params", help="peft_core parameter counts with the Video Swin models registered",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("recipe", help="trainable parameters of a recipe on a real-size Video Swin (meta device)")
+    p.add_argument("recipe", help="e.g. adaptformer-64+patt-kv-128, patt-kv-128, head-only, full")
+    p.add_argument("--arch", default="video-swin-b")
+    p.add_argument("--classes", type=int, default=51, help="head size (HMDB51: 51, SSv2: 174)")
+    p = sub.add_parser("memory", help="peak memory of one training step per recipe (one subprocess each)")
+    p.add_argument("--recipes", default="patt-kv-128,full")
+    p.add_argument("--arch", default="video-swin-b")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--classes", type=int, default=51)
+    p.add_argument("--device", default="cpu")
+    sub.add_parser("config", help="print the default configuration as YAML")
+    p = sub.add_parser("demo", help="synthetic moving-shape videos: pre-train a tiny Video Swin, transfer with PATT "
+                                    "and full fine-tuning")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (for tests)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        from peft_core.compare import compare_main
+
+        return compare_main(argv[1:])
+    if argv and argv[0] == "params":
+        import video_swin_vpetl  # noqa: F401  (registers video-swin-t/-s/-b in peft_core.zoo)
+        from peft_core.cli import main as peft_main
+
+        return peft_main(argv)
+    args = _parser().parse_args(argv)
+    if args.command == "config":
+        from video_swin_vpetl.config import TrainConfig, dump_yaml
+
+        print(dump_yaml(TrainConfig()), end="")
+        return 0
+    if args.command == "recipe":
+        from video_swin_vpetl.recipe_counts import print_recipe_counts
+
+        return print_recipe_counts(args.recipe, args.arch, args.classes)
+    if args.command == "memory":
+        from video_swin_vpetl.memory import memory_main
+
+        return memory_main(args)
+    if args.command == "demo":
+        from video_swin_vpetl.demo import run_demo
+
+        run_demo(args.out, quick=args.quick, seed=args.seed)
+        return 0
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from video_swin_vpetl.checkpointing import TrainCheckpointError
+    from video_swin_vpetl.config import ConfigError, load_config
+    from video_swin_vpetl.data.lists import ListFileError
+    from video_swin_vpetl.engine import NonFiniteLossError
+    from video_swin_vpetl.models.checkpoint import CheckpointLoadError
+    from video_swin_vpetl.train import run_evaluation, run_training
+
+    try:
+        if args.command == "train":
+            run_training(load_config(args.config, args.overrides))
+        else:
+            run_evaluation(args.checkpoint, args.overrides, args.output, args.split)
+    except (ConfigError, ListFileError, CheckpointLoadError, TrainCheckpointError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
