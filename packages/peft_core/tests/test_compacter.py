@@ -5,6 +5,7 @@ property suite (gradients, frozen base, save/load, remove), placements and confi
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import peft_core.tuners.compacter  # noqa: F401  (registers the method and presets)
 import pytest
@@ -46,7 +47,8 @@ def test_phm_weight_equals_explicit_kronecker_sum(n: int, p: int, q: int) -> Non
     # the element formula H[a p + k, c q + l] = sum_i A_i[a, c] B_i[k, l]
     h = phm_weight(rule, blocks)
     a, k, c, col = n - 1, p - 1, 0, q - 1
-    assert math.isclose(h[a * p + k, c * q + col].item(), sum(rule[i, a, c] * blocks[i, k, col] for i in range(n)).item())
+    element = sum(rule[i, a, c] * blocks[i, k, col] for i in range(n))
+    assert math.isclose(h[a * p + k, c * q + col].item(), element.item())
 
 
 @pytest.mark.parametrize("factorized", [False, True])
@@ -129,7 +131,7 @@ def test_shared_rule_is_one_parameter() -> None:
     assert all(torch.equal(m.rule, holder.phm_rule) for m in phm)
 
 
-def test_shared_rule_save_load_and_remove(tmp_path) -> None:  # noqa: ANN001
+def test_shared_rule_save_load_and_remove(tmp_path) -> None:
     model, make_inputs = build_tiny("bart")
     base = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = make_inputs(0)
@@ -166,7 +168,7 @@ def _compacter_params(d: int, h: int, n: int, k: int, factorized: bool, shared: 
     ("compacter-paper", 4, 24, 1, True, True, 24),
     ("compacter++", 4, 24, 1, True, True, 12),
 ])
-def test_bert_base_count_equals_hand_formula(preset, n, h, k, factorized, shared, hosts) -> None:  # noqa: ANN001
+def test_bert_base_count_equals_hand_formula(preset, n, h, k, factorized, shared, hosts) -> None:
     model = build_model("bert-base")  # meta device: exact shapes, no memory
     base = count_parameters(model).total
     add_adapter(model, make_config(preset))
@@ -216,7 +218,7 @@ def test_vl_adapter_placement_on_bart_and_t5() -> None:
 
 # ------------------------------------------------------------------------------------------------ shared suite
 class TestCompacterCommon(PetlCommonTests):
-    CASES = [
+    CASES: ClassVar[list[Case]] = [
         Case("bert", "compacter", identity=False),
         Case("bart", "compacter-paper", (("reduction_factor", 4), ("phm_init_range", 0.05)), identity=False),
         Case("t5", "compacter++", (("reduction_factor", 4), ("phm_init_range", 0.05)), identity=False),

@@ -6,8 +6,9 @@ parameter counts next to vlpet.md's 7.46%."""
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
-import peft_core.tuners.lora  # noqa: F401
+import peft_core.tuners.lora
 import peft_core.tuners.lst  # noqa: F401  (registers the method and presets)
 import pytest
 import torch
@@ -228,8 +229,9 @@ def test_magnitude_pruning_matches_independent_reference_on_t5() -> None:
             assert torch.equal(s.layer[0].SelfAttention.q.weight, att.q.weight[g["attn"]][:, res])
             assert torch.equal(s.layer[0].SelfAttention.o.weight, att.o.weight[res][:, g["attn"]])
             assert torch.equal(s.layer[0].layer_norm.weight, b.layer[0].layer_norm.weight[res])
-            assert torch.equal(s.layer[-1].DenseReluDense.wi.weight, b.layer[-1].DenseReluDense.wi.weight[g["ffn"]][:, res])
-            assert torch.equal(s.layer[-1].DenseReluDense.wo.weight, b.layer[-1].DenseReluDense.wo.weight[res][:, g["ffn"]])
+            s_ff, b_ff = s.layer[-1].DenseReluDense, b.layer[-1].DenseReluDense
+            assert torch.equal(s_ff.wi.weight, b_ff.wi.weight[g["ffn"]][:, res])
+            assert torch.equal(s_ff.wo.weight, b_ff.wo.weight[res][:, g["ffn"]])
             if role == "decoder":
                 x = b.layer[1].EncDecAttention
                 assert torch.equal(s.layer[1].EncDecAttention.v.weight, x.v.weight[g["xattn"]][:, res])
@@ -248,7 +250,7 @@ def test_fisher_init_uses_squared_gradients_of_the_plain_backbone() -> None:
         x = make_inputs(seed)
         batches.append({"input_ids": x["input_ids"][:1], "attention_mask": x["attention_mask"][:1],
                         "decoder_input_ids": x["decoder_input_ids"][:1]})
-    loss_fn = lambda m, b: seq2seq_loss(m(**b).logits, b["decoder_input_ids"])  # noqa: E731
+    loss_fn = lambda m, b: seq2seq_loss(m(**b).logits, b["decoder_input_ids"])
     importance = apply_fisher_init(model, batches, loss_fn)
     # independent diagonal Fisher on a plain copy of the backbone
     plain = copy.deepcopy(model)
@@ -283,7 +285,7 @@ def saved_backbone_outputs(model: nn.Module, stacks: list[nn.Module], inputs: di
     keep: list[torch.Tensor] = []
     handles = []
 
-    def record(name: str):  # noqa: ANN202
+    def record(name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             if isinstance(output, torch.Tensor):
                 items = [output]
@@ -335,8 +337,7 @@ def test_no_backbone_activation_is_saved_for_backward(name: str) -> None:
     add_adapter(model, make_config("lora"))
     mark_trainable(model)
     offending, _ = saved_backbone_outputs(model, stacks(model), make_inputs(0))
-    assert {"block.0.layer.0.layer_norm" if name == "t5" else "layer.0.attention.output.LayerNorm"} <= offending \
-        or offending, "the detector must see the activations LoRA saves"
+    assert any("ttention" in n for n in offending), f"the detector must see what LoRA saves: {sorted(offending)}"
 
 
 def test_backbone_blocks_run_without_autograd_and_grad_mode_is_restored() -> None:
@@ -351,14 +352,46 @@ def test_backbone_blocks_run_without_autograd_and_grad_mode_is_restored() -> Non
     assert modes == [(False, False)] and torch.is_grad_enabled() and out.requires_grad
 
 
+def test_error_inside_a_block_restores_grad_mode_and_hooks() -> None:
+    model, make_inputs = build_tiny("t5")
+    add_adapter(model, lst())
+
+    def boom(module: nn.Module, args: tuple) -> None:
+        assert not torch.is_grad_enabled()  # inside a backbone block
+        raise RuntimeError("boom")
+
+    handle = model.encoder.block[1].layer[1].register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        model(**make_inputs(0))
+    handle.remove()
+    assert torch.is_grad_enabled()
+    assert all(not b._forward_hooks and not b._forward_pre_hooks for b in [*model.encoder.block, *model.decoder.block])
+    assert forward(model, make_inputs(0)).requires_grad
+
+
+def test_deepcopy_after_a_forward_gives_an_independent_working_copy() -> None:
+    model, make_inputs = build_tiny("t5")
+    add_adapter(model, lst())
+    mark_trainable(model)
+    x = make_inputs(0)
+    out = forward(model, x)
+    twin = copy.deepcopy(model)  # the side encoder output of the last call is not copied
+    torch.testing.assert_close(forward(twin, x), out, rtol=0, atol=0)
+    with torch.no_grad():
+        lst_layer(twin).upsample.bias.add_(1.0)
+    assert not torch.equal(forward(twin, x), forward(model, x))
+    remove_adapters(twin)
+    assert not hasattr(twin, "petl") and hasattr(model, "petl")
+
+
 # ------------------------------------------------------------------------------------------------ shared suite
 class TestLSTCommon(PetlCommonTests):
-    CASES = [
+    CASES: ClassVar[list[Case]] = [
         Case("t5", "lst-vl-t5", (("reduction_factor", 2),), identity=False),
         Case("t5", "lst-t5-base", (("side_layers", [1]), ("decoder_side_layers", [0]), ("reduction_factor", 4)),
              identity=False),
-        Case("bert", "lst", (("reduction_factor", 2), ("side_layers", [1])), identity=False),
-        Case("roberta", "lst", (("reduction_factor", 4), ("bias_sampling", False)), identity=False),
+        Case("roberta", "lst", (("reduction_factor", 4), ("side_layers", [1]), ("bias_sampling", False)),
+             identity=False),
     ]
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+import peft_core.tuners.prompt.model  # noqa: F401  (registers the method and preset)
 import pytest
 import torch
 from common import Case, PetlCommonTests
-from torch import nn
-
-import peft_core.tuners.prompt.model  # noqa: F401  (registers the method and preset)
 from peft_core import (
     adapter_parameters,
     add_adapter,
@@ -24,6 +22,7 @@ from peft_core import (
 from peft_core.targeting import TargetError
 from peft_core.testing import build_tiny, output_tensor
 from peft_core.tuners.prompt import PromptConfig, PromptCrossMaskLayer, PromptLayer
+from torch import nn
 
 IMPLS = ["eager", "sdpa"]
 L = 3
@@ -341,7 +340,7 @@ def test_preset() -> None:
 class TestPromptCommon(PetlCommonTests):
     # encoder-decoder models only: the suite compares outputs before/after, and an encoder-only model's output is L
     # positions longer with prompts
-    CASES = [
+    CASES: ClassVar[list[Case]] = [
         Case("bart", "prompt-vl-adapter", (("num_virtual_tokens", 3), ("mlp_dim", 16)), identity=False),
         Case("t5", "prompt", (("num_virtual_tokens", 3), ("reparameterization", "mlp"), ("mlp_dim", 8)),
              identity=False),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import timm
 import torch
 from common import Case, PetlCommonTests
 from peft_core import (
@@ -35,6 +34,8 @@ from peft_core.config import config_from_dict
 from peft_core.testing import build_tiny, output_tensor, torch_transformer
 from peft_core.tuners.unipt import UniPTConfig, UniPTLayer, UniPTTuner
 from peft_core.zoo import build_model
+from timm.models._features import FeatureListNet
+from timm.models.resnet import Bottleneck, ResNet
 
 PRESET_NAMES = [
     "unipt-clip4clip-text",
@@ -46,7 +47,7 @@ PRESET_NAMES = [
     "unipt-vse-text",
 ]
 TINY_TEXT = dict(hidden_size=32, num_hidden_states=3, embed_size=16)  # tiny BERT: width 32, embeddings + 2 layers
-RESNET18 = [64, 128, 256, 512]
+RESNEXT = [32, 64, 128, 256]  # stage widths of the tiny ResNeXt below (ResNeXt-101 32x8d: 256/512/1024/2048)
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -73,8 +74,15 @@ def tiny_bert():
     return model, inputs, hidden
 
 
+def tiny_resnext(num_classes: int = 5) -> torch.nn.Module:
+    """A timm ResNeXt (Bottleneck blocks, grouped 3x3 convs) with one block per stage and 1/8 of the widths."""
+    torch.manual_seed(0)
+    return ResNet(Bottleneck, (1, 1, 1, 1), num_classes=num_classes, cardinality=2, base_width=32, stem_width=8,
+                  channels=(8, 16, 32, 64)).eval()
+
+
 def tiny_resnet():
-    model, _ = build_tiny("timm_resnet")
+    model = tiny_resnext()
     image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # the stage maps written out, independently of any hook
         h = model.maxpool(model.act1(model.bn1(model.conv1(image))))
@@ -143,7 +151,7 @@ def test_plan_errors_leave_the_model_untouched():
         with pytest.raises(TargetError, match=message):
             add_adapter(model, config)
     clip, _ = build_tiny("clip")
-    with pytest.raises(TargetError, match="found .*text_model.encoder.layers.*vision_model.encoder.layers"):
+    with pytest.raises(TargetError, match=r"found .*text_model\.encoder\.layers.*vision_model\.encoder\.layers"):
         add_adapter(clip, make_config("unipt-vse-text", **TINY_TEXT))
     assert list(model.state_dict()) == before and not adapter_records(model) and not hasattr(model, "petl")
 
@@ -195,7 +203,7 @@ def test_bert_backbone_keeps_no_activation_and_gets_no_grad():
 def test_gradients_only_on_unipt_parameters_after_mark_trainable():
     for model, inputs, config in (
         (*tiny_bert()[:2], make_config("unipt-vse-text", **TINY_TEXT)),
-        (*tiny_resnet()[:2], make_config("unipt-vse-image", hidden_sizes=RESNET18, embed_size=16)),
+        (*tiny_resnet()[:2], make_config("unipt-vse-image", hidden_sizes=RESNEXT, embed_size=16)),
     ):
         add_adapter(model, config)
         mark_trainable(model)
@@ -230,7 +238,7 @@ def test_clipvil_output_feeds_the_frozen_pooler():
 # --------------------------------------------------------------------------------------------- timm ResNet
 def test_resnet_output_is_the_side_on_the_stage_maps():
     model, inputs, maps = tiny_resnet()
-    add_adapter(model, make_config("unipt-vse-image", hidden_sizes=RESNET18, embed_size=16))
+    add_adapter(model, make_config("unipt-vse-image", hidden_sizes=RESNEXT, embed_size=16))
     layer = the_layer(model)
     assert layer.sources.layers == ("layer1", "layer2", "layer3", "layer4") and not layer.sources.include_input
     out, saved_model = count_saved(model, **inputs)
@@ -241,8 +249,7 @@ def test_resnet_output_is_the_side_on_the_stage_maps():
 
 
 def test_timm_features_only_output_list_is_replaced():
-    torch.manual_seed(0)
-    backbone = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    backbone = FeatureListNet(tiny_resnext(), out_indices=(1, 2, 3, 4)).eval()  # timm's features_only wrapper
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         maps = backbone(image)
@@ -258,7 +265,7 @@ def test_save_load_round_trip_and_remove_adapters(kind, tmp_path):
     if kind == "bert":
         build, config = tiny_bert, make_config("unipt-vse-text", **TINY_TEXT)
     else:
-        build, config = tiny_resnet, make_config("unipt-vse-image", hidden_sizes=RESNET18, embed_size=16)
+        build, config = tiny_resnet, make_config("unipt-vse-image", hidden_sizes=RESNEXT, embed_size=16)
     model, inputs, _ = build()
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     base_out = output_tensor(model(**inputs)).detach()
@@ -285,7 +292,8 @@ def test_clip4clip_visual_and_text_sides_on_one_clip_model():
     with torch.no_grad():
         vis = model.vision_model(pixel_values=x["pixel_values"], output_hidden_states=True)
         txt = model.text_model(input_ids=x["input_ids"], attention_mask=x["attention_mask"], output_hidden_states=True)
-        image_anchor, text_anchor = model.visual_projection(vis.pooler_output), model.text_projection(txt.pooler_output)
+        image_anchor = model.visual_projection(vis.pooler_output)
+        text_anchor = model.text_projection(txt.pooler_output)
     sizes = dict(width=32, num_hidden_states=3, embed_size=16)
     add_adapter(model, make_config("unipt-clip4clip-visual", **sizes), "visual")
     add_adapter(model, make_config("unipt-clip4clip-text", **sizes), "text")
@@ -347,7 +355,7 @@ def test_mdetr_encoder_side_on_a_torch_encoder_with_padding_mask():
 # --------------------------------------------------------------------------------- the property suite, CLI
 # (the output keeps the base model's shape in these cases: BERT with embed_size = width, CLIP's logits)
 CASES = [
-    Case("bert", "unipt-vse-text", (*TINY_TEXT.items(), ("embed_size", 32)), identity=False),
+    Case("bert", "unipt-vse-text", tuple({**TINY_TEXT, "embed_size": 32}.items()), identity=False),
     Case("clip", "unipt-clip4clip-visual", (("width", 32), ("num_hidden_states", 3), ("embed_size", 16)),
          identity=False),
 ]

@@ -1,5 +1,7 @@
 """Adapter-only checkpoints: ``adapter_model.safetensors`` + ``adapter_config.json``, written atomically.
 
+The state holds the adapter's parameters and persistent buffers (e.g. BatchNorm statistics of a side network).
+
 Keys are the model names of the adapter's parameters with the adapter name removed
 (``encoder.layer.0.attention.self.query.petl.lora_A.weight``), so a checkpoint loads under any adapter name. The
 ``modules_to_save`` are stored under ``modules_to_save.<module name>.<param>``. Loading checks every key and shape
@@ -18,7 +20,7 @@ from torch import nn
 from peft_core.config import PetlConfig, config_from_dict
 from peft_core.io import atomic_write, atomic_write_text
 from peft_core.layer import PETL_ATTR
-from peft_core.model import adapter_parameters, adapter_records, add_adapter
+from peft_core.model import adapter_buffers, adapter_parameters, adapter_records, add_adapter
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -41,7 +43,8 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, tor
     records = adapter_records(model)
     if name not in records:
         raise ValueError(f"adapter name={name!r} is not on this model; it has {list(records)}")
-    state = {_strip(k, name): p.detach() for k, p in adapter_parameters(model, name).items()}
+    owned = adapter_parameters(model, name) | adapter_buffers(model, name)
+    state = {_strip(k, name): p.detach() for k, p in owned.items()}
     for module_name in records[name].saved_modules:
         for k, v in model.get_submodule(module_name).state_dict().items():
             state[f"{_SAVED}{module_name}.{k}"] = v.detach()
@@ -51,8 +54,8 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, tor
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], name: str = "default", *,
                             source: str = "state dict") -> None:
     """Copy ``state`` into adapter ``name``; every key and shape is checked before anything is copied."""
-    params = {_strip(k, name): p for k, p in adapter_parameters(model, name).items()}
-    targets: dict[str, torch.Tensor] = dict(params)
+    owned = adapter_parameters(model, name) | adapter_buffers(model, name)
+    targets: dict[str, torch.Tensor] = {_strip(k, name): p for k, p in owned.items()}
     for module_name in adapter_records(model)[name].saved_modules:
         for k, v in model.get_submodule(module_name).state_dict().items():
             targets[f"{_SAVED}{module_name}.{k}"] = v

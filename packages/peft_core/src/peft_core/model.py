@@ -214,6 +214,20 @@ def adapter_parameters(model: nn.Module, name: str | None = None) -> dict[str, n
     return out
 
 
+def adapter_buffers(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:
+    """Persistent buffers owned by adapter ``name`` (e.g. BatchNorm statistics of a side network)."""
+    out: dict[str, torch.Tensor] = {}
+    for host_name, _, layer in iter_layers(model, name):
+        prefix = f"{PETL_ATTR}.{layer.adapter_name}."
+        prefix = f"{host_name}.{prefix}" if host_name else prefix
+        for bname, b in layer.named_buffers():
+            owner, _, leaf = bname.rpartition(".")
+            module = layer.get_submodule(owner) if owner else layer
+            if leaf not in module._non_persistent_buffers_set:
+                out[prefix + bname] = b
+    return out
+
+
 def mark_trainable(model: nn.Module, names: str | Iterable[str] | None = None, extra: Iterable[str] = ()) -> None:
     """Freeze every parameter except those of adapters ``names`` (default: all), their ``modules_to_save``, and
     the modules whose names end with one of ``extra`` (task heads)."""

@@ -221,6 +221,12 @@ def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
                           progress=config.run.progress and info.is_main, desc="val (before)")
         extra["val_top1_before"], extra["val_top5_before"] = before.top1, before.top5
         log.info("before training: val top-1 %.2f top-5 %.2f", before.top1, before.top5)
+        if config.run.final_test:
+            before = evaluate(model, eval_loader(test_records, config, "test", info, device), device=device, amp=amp,
+                              records=test_records, info=info, progress=config.run.progress and info.is_main,
+                              desc="test (before)")
+            extra["test_top1_before"], extra["test_top5_before"] = before.top1, before.top5
+            log.info("before training: test top-1 %.2f top-5 %.2f", before.top1, before.top5)
 
     stopped = False
     for epoch in range(start_epoch, config.optim.epochs):

@@ -242,8 +242,9 @@ def split_heads(flat: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
 
 
 def extend_attention_inputs(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor | None, kwargs: dict, extra: tuple[torch.Tensor, torch.Tensor],
-                            *, float_masks: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
+                            attention_mask: torch.Tensor | None, kwargs: dict,
+                            extra: tuple[torch.Tensor, torch.Tensor], *, float_masks: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
     """Prepend ``extra`` (flat ``(B, P, width)`` keys and values) to ``key``/``value`` ``(B, heads, S, head_dim)``
     and extend the mask and the ``position_bias`` keyword accordingly (see the module docstring)."""
     extra_k, extra_v = extra

@@ -51,15 +51,13 @@ def causal_prefix_mask(q_length: int, kv_length: int, num_prefix: int, *, device
 
 def mha_additive_mask(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, batch: int, heads: int,
                       q_length: int, kv_length: int, dtype: torch.dtype) -> torch.Tensor | None:
-    """Combine ``nn.MultiheadAttention``'s ``attn_mask`` ((L, S), (1, L, S) or (B * heads, L, S)) and ``key_padding_mask``
-    ((B, S)) into one additive float mask broadcastable to ``(B, heads, L, S)``; boolean entries ``True`` become
-    ``-inf`` (blocked), float entries are added as given. ``None`` when both are ``None``."""
+    """Combine ``nn.MultiheadAttention``'s ``attn_mask`` ((L, S), (1, L, S) or (B * heads, L, S)) and
+    ``key_padding_mask`` ((B, S)) into one additive float mask broadcastable to ``(B, heads, L, S)``; boolean
+    entries ``True`` become ``-inf`` (blocked), float entries are added as given. ``None`` when both are ``None``."""
     out = None
     if attn_mask is not None:
         m = _to_additive(attn_mask, dtype)
-        if m.dim() == 2:
-            m = m.view(1, 1, q_length, kv_length)
-        elif m.dim() == 3 and m.shape[0] == 1:
+        if m.dim() == 2 or (m.dim() == 3 and m.shape[0] == 1):
             m = m.view(1, 1, q_length, kv_length)
         elif m.dim() == 3:
             m = m.view(batch, heads, q_length, kv_length)

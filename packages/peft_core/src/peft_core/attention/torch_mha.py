@@ -59,7 +59,8 @@ def mha_forward_with_extra(mha: nn.MultiheadAttention, extra: tuple[torch.Tensor
     lengths: list[int] | None = None
     if query.is_nested:
         if key is not query or value is not query or key_padding_mask is not None or attn_mask is not None:
-            raise ValueError("nested-tensor input is supported for unmasked self-attention only (key is value is query)")
+            raise ValueError("nested-tensor input is supported for unmasked self-attention only "
+                             "(key is value is query)")
         lengths = [t.shape[0] for t in query.unbind()]
         query = query.to_padded_tensor(0.0)
         key = value = query

@@ -242,8 +242,18 @@ def resolve_methods(patterns: Iterable[str]) -> tuple[list[str], list[str], list
 
 
 def default_threads() -> int:
-    """Intra-op threads per configuration: every core, at most 8 (each configuration runs alone)."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Intra-op threads per configuration: the cores that are idle now (at least 1, at most 8).
+
+    Each configuration runs alone, so on an idle machine this is every core; on a machine shared with other jobs,
+    more threads than idle cores make every parallel region wait for a descheduled thread (a tiny step then takes
+    seconds instead of milliseconds), so the load average is taken into account. ``--threads`` overrides it.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:  # pragma: no cover - no load average on this platform
+        busy = 0
+    return max(1, min(8, cores - busy))
 
 
 def plan(specs: list[ModelSpec], patterns: Iterable[str], shape: Shape, **settings: Any

@@ -10,7 +10,8 @@ prints one line ``BENCH_RESULT {...}`` (JSON).
 Sequence, in the measuring process:
 
 1. a tiny forward/backward/AdamW step on a toy layer, so that the code pages of the kernels every step uses are
-   resident before the baseline (they would otherwise count as step memory);
+   resident before the baseline (they would otherwise count as step memory), and a dry run of the configuration
+   on the ``meta`` device (imports every module it uses; no memory);
 2. **baseline**: garbage collection, ``malloc_trim(0)`` (glibc returns free heap pages to the OS), then the
    resident set size (RSS; on CUDA: ``torch.cuda.memory_allocated``);
 3. build the model (random weights), apply the method, make the inputs and the AdamW optimizer (trainable
@@ -215,6 +216,27 @@ def prepare(spec: ModelSpec, cfg: BenchConfig, model: nn.Module) -> Any:
     raise ValueError(f"impl={cfg.impl!r} is not allowed; expected reference, peft_core, side or hf_peft")
 
 
+def dry_run(spec: ModelSpec, cfg: BenchConfig) -> None:
+    """Build the model, apply the method and run one step on the ``meta`` device (no memory, best effort).
+
+    This imports every module the configuration uses (transformers' and PEFT's lazy imports, the method's code)
+    before the baseline, so their memory is not counted as step memory.
+    """
+    from peft_core.bench import workloads
+
+    meta = torch.device("meta")
+    try:
+        model = workloads.build_model(spec, vl=cfg.vl, device=meta)
+        job = prepare(spec, cfg, model)
+        batch = workloads.make_batch(spec, cfg, model, meta)
+        with torch.set_grad_enabled(job.train):
+            loss = job.loss(batch)
+        if job.train and loss.requires_grad:
+            loss.backward()
+    except Exception as exc:  # some ops have no meta kernel: the imports done so far are what matters
+        print(f"dry run on meta stopped early (imports so far are done): {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------------------------------------- run
 def run_config(cfg: BenchConfig) -> dict[str, Any]:
     """Measure ``cfg`` in this process (call it in a fresh process: the memory baseline assumes one)."""
@@ -227,6 +249,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
     spec = get_spec(cfg.model)
     probe = make_probe(device)
     warm_kernels(device)
+    dry_run(spec, cfg)
     baseline = probe.current()
 
     model = workloads.build_model(spec, vl=cfg.vl, device="cpu", weights=cfg.weights)

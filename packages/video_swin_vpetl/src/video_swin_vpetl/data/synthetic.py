@@ -30,24 +30,26 @@ def _shape_mask(kind: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.
     return (dy <= radius) & (dy >= -radius) & (np.abs(dx) <= (dy + radius) / 2)  # triangle pointing up
 
 
-def moving_shapes(direction: tuple[int, int], rng: np.random.Generator, *, frames: int = 16, size: int = 32,
-                  speed: float = 1.5) -> np.ndarray:
-    """``(frames, size, size, 3)`` uint8 video whose shapes move by ``speed * direction`` pixels per frame."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+def moving_shapes(direction: tuple[int, int], rng: np.random.Generator, *, frames: int = 16,
+                  size: int | tuple[int, int] = 32, speed: float = 1.5) -> np.ndarray:
+    """``(frames, H, W, 3)`` uint8 video (``size`` = side or ``(H, W)``) whose shapes move by about
+    ``speed * direction`` pixels per frame, wrapping around the edges."""
+    height, width = (size, size) if isinstance(size, int) else size
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     background = rng.uniform(0, 90, size=3)
-    noise = rng.normal(0, 6, size=(frames, size, size, 3))
-    video = np.broadcast_to(background, (frames, size, size, 3)) + noise
+    noise = rng.normal(0, 6, size=(frames, height, width, 3))
+    video = np.broadcast_to(background, (frames, height, width, 3)) + noise
     speed_px = speed * rng.uniform(0.8, 1.25)
     for _ in range(int(rng.integers(1, 3))):
         kind = SHAPES[int(rng.integers(len(SHAPES)))]
         colour = rng.uniform(120, 255, size=3)
-        radius = float(rng.uniform(size * 0.1, size * 0.2))
-        x0, y0 = rng.uniform(0, size, size=2)
+        radius = float(rng.uniform(0.1, 0.2) * min(height, width))
+        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
         for t in range(frames):
             cx = x0 + t * speed_px * direction[0]
             cy = y0 + t * speed_px * direction[1]
-            dx = (xx - cx + size / 2) % size - size / 2  # wrap-around distance
-            dy = (yy - cy + size / 2) % size - size / 2
+            dx = (xx - cx + width / 2) % width - width / 2  # wrap-around distance
+            dy = (yy - cy + height / 2) % height - height / 2
             video[t][_shape_mask(kind, dx, dy, radius)] = colour
     return np.clip(video, 0, 255).astype(np.uint8)
 
@@ -72,8 +74,8 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
 
 
 def write_dataset(root: str | Path, directions: Sequence[tuple[int, int]] = AXES,
-                  per_class: dict[str, int] | None = None, *, frames: int = 16, size: int = 32, seed: int = 0
-                  ) -> dict[str, Path]:
+                  per_class: dict[str, int] | None = None, *, frames: int = 16,
+                  size: int | tuple[int, int] = 32, seed: int = 0) -> dict[str, Path]:
     """Write ``per_class[split]`` videos per direction and split under ``root/videos`` and one list file per split
     (paths relative to ``root``). Returns ``{split: list path}``."""
     root = Path(root)
@@ -93,8 +95,8 @@ def write_dataset(root: str | Path, directions: Sequence[tuple[int, int]] = AXES
 
 
 def clips_tensor(directions: Sequence[tuple[int, int]], count: int, rng: np.random.Generator, *, frames: int = 8,
-                 size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                 size: int | tuple[int, int] = 32, speed: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """In-memory ``(count, T, H, W, 3)`` uint8 clips with uniformly drawn directions, and their labels."""
     labels = rng.integers(len(directions), size=count)
-    clips = np.stack([moving_shapes(directions[int(k)], rng, frames=frames, size=size) for k in labels])
+    clips = np.stack([moving_shapes(directions[int(k)], rng, frames=frames, size=size, speed=speed) for k in labels])
     return clips, labels

@@ -39,7 +39,8 @@ def phm_weight(rule: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """
     n, p, q = blocks.shape
     if rule.shape != (n, n, n):
-        raise ValueError(f"phm rule has shape {tuple(rule.shape)}; expected {(n, n, n)} for blocks {tuple(blocks.shape)}")
+        raise ValueError(
+            f"phm rule has shape {tuple(rule.shape)}; expected {(n, n, n)} for blocks {tuple(blocks.shape)}")
     return torch.einsum("iac,ikl->akcl", rule, blocks).reshape(n * p, n * q)
 
 
@@ -79,7 +80,8 @@ class CompacterRuleLayer(MethodLayer):
 
 
 class PHMLinear(nn.Module):
-    """``y = x H + b`` with ``H = sum_i A_i kron B_i`` (see the module docstring).
+    """PHM layer ``y = x H + b``, ``H = sum_{i=1..n} A_i kron B_i`` (``B_i = W_left_i W_right_i`` when factorised).
+    Upstream rabeehk/compacter ``seq2seq/hypercomplex/layers.py:PHMLinear``.
 
     Args:
         in_features, out_features: must both be divisible by ``n``.

@@ -23,8 +23,9 @@ Injection: one :class:`LSTLayer` on the model root holds every side parameter (`
 hooks the stack's blocks for the duration of the call: every backbone block runs under ``torch.no_grad()`` (its
 pre-hook switches grad mode off, its ``always_call`` post-hook restores it, also when the block raises) and
 ``h_emb``, every ``h_i`` and the arguments each block was called with are collected. The stack's post-hook removes
-those hooks, runs the side network with autograd on and replaces the stack's output. No backbone activation is saved for backward; the ladder inputs ``h_i`` are kept by the
-down-samplers (inputs of trainable layers, as upstream). The embedding lookup and the stack's glue between blocks run
+those hooks, runs the side network with autograd on and replaces the stack's output. No backbone activation is
+saved for backward; the ladder inputs ``h_i`` are kept by the down-samplers (inputs of trainable layers, as
+upstream). The embedding lookup and the stack's glue between blocks run
 in the caller's grad mode, so a trainable input embedding (VL-T5's visual embedding) still gets gradients through
 ``first_downsample``, as upstream's ``side_first_downsample(dropout(inputs_embeds))``.
 
@@ -84,10 +85,15 @@ class _Capture:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close(restore_grad_mode=True)
+
+    def close(self, restore_grad_mode: bool) -> None:
+        """Remove the hooks; optionally restore the grad mode the capture was entered with."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        torch.set_grad_enabled(self._entry_mode)
+        if restore_grad_mode:
+            torch.set_grad_enabled(self._entry_mode)
 
     def _pre(self, i: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if i in self.calls:
@@ -105,10 +111,16 @@ class _Capture:
             self.calls[i].output = primary_output(output)
 
 
+@functools.cache
+def _forward_parameters(cls: type) -> tuple[str, ...]:
+    """Names of ``cls.forward``'s parameters after ``self`` (cached per block class)."""
+    return tuple(inspect.signature(cls.forward).parameters)[1:]
+
+
 def _argument(block: nn.Module, args: tuple, kwargs: dict, name: str) -> Any:
     if name in kwargs:
         return kwargs[name]
-    params = list(inspect.signature(block.forward).parameters)
+    params = _forward_parameters(type(block))
     idx = params.index(name) if name in params else len(args)
     return args[idx] if idx < len(args) else None
 
@@ -117,7 +129,7 @@ def _side_arguments(block: nn.Module, call: _BlockCall, hidden: torch.Tensor,
                     encoder_states: torch.Tensor | None) -> tuple[tuple, dict]:
     """The backbone block's call with hidden states, encoder states and the KV cache replaced."""
     args, kwargs = list(call.args), dict(call.kwargs)
-    params = list(inspect.signature(block.forward).parameters)
+    params = _forward_parameters(type(block))
 
     def put(name: str, value: Any, only_if_set: bool) -> None:
         if name in kwargs:
@@ -125,9 +137,8 @@ def _side_arguments(block: nn.Module, call: _BlockCall, hidden: torch.Tensor,
                 kwargs[name] = value
             return
         idx = params.index(name) if name in params else -1
-        if 0 <= idx < len(args):
-            if not only_if_set or args[idx] is not None:
-                args[idx] = value
+        if 0 <= idx < len(args) and (not only_if_set or args[idx] is not None):
+            args[idx] = value
 
     put("hidden_states", hidden, only_if_set=False)
     if _argument(block, call.args, call.kwargs, "encoder_hidden_states") is not None:
@@ -139,7 +150,13 @@ def _side_arguments(block: nn.Module, call: _BlockCall, hidden: torch.Tensor,
 
 
 class LSTSideStack(nn.Module):
-    """The side network of one backbone stack (see the module docstring). Parameters::
+    """The side network of one backbone stack (Sung et al. 2022; upstream ``modeling_side_t5.py:T5Stack``)::
+
+        s = first_downsample(h_emb)
+        for i in layers:  mu_i = sigmoid(alpha_i / T);  s = blocks[i](mu_i * s + (1 - mu_i) * downsamples[i](h_i))
+        return dropout(final_norm(s))
+
+    Parameters::
 
         first_downsample   Linear(d, d_s)
         downsamples[i]     Linear(d, d_s)           i in layers
@@ -196,7 +213,12 @@ def init_sampler(linear: nn.Linear) -> None:
 
 
 class LSTLayer(MethodLayer):
-    """Ladder Side Tuning on a whole model (host = the model root); formula and upstream in the module docstring.
+    """Ladder Side Tuning on a whole model (host = the model root). Sung et al. 2022; upstream
+    ylsung/Ladder-Side-Tuning ``seq2seq/third_party/models/t5/modeling_side_t5.py``::
+
+        s_enc = side_encoder(h_emb^enc, h_1^enc ..)                         (backbone blocks run without autograd)
+        s_dec = side_decoder(h_emb^dec, h_1^dec .., cross-attending to s_enc)
+        decoder output (encoder output for an encoder-only model)  <-  upsample(s_dec)   Linear(d / r -> d)
 
     Submodules: ``encoder`` (:class:`LSTSideStack`), ``decoder`` (or ``None`` for an encoder-only model) and
     ``upsample`` ``Linear(d_s, d)``. ``stack_names`` are the backbone stacks it wraps.
@@ -220,6 +242,12 @@ class LSTLayer(MethodLayer):
         if config.init == "magnitude":
             self.init_from_backbone(model)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles drop the per-call state (captures, the side encoder output of the last call)."""
+        state = self.__dict__.copy()
+        state["_captures"], state["_encoder_cache"] = {}, None
+        return state
+
     # ------------------------------------------------------------------------------------------------ wiring
     def sides(self) -> dict[str, LSTSideStack]:
         return {role: getattr(self, role) for role in self.stack_names}
@@ -235,15 +263,15 @@ class LSTLayer(MethodLayer):
     def detach(self, host: nn.Module) -> None:
         super().detach(host)
         for capture, _ in self._captures.values():
-            capture.__exit__()
+            capture.close(restore_grad_mode=False)
         self._captures.clear()
         self._encoder_cache = None
 
     def _stack_pre(self, role: str, stack: nn.Module, args: tuple, kwargs: dict) -> None:
         """Before a backbone stack runs: check the call, then hook its blocks (see :class:`_Capture`)."""
         stale = self._captures.pop(role, None)
-        if stale is not None:  # left over from a call that raised before the post-hook ran
-            stale[0].__exit__()
+        if stale is not None:  # left over from an interrupted call
+            stale[0].close(restore_grad_mode=False)
         if not self.active or self.merged:
             return
         side_encoder = None
@@ -299,7 +327,8 @@ class LSTLayer(MethodLayer):
         for role, side in self.sides().items():
             family, stack = self.families[role], self.stack_names[role]
             for i in side.layers:
-                names.extend(f"{stack}.{family.blocks_attr}.{i}.{n}" for n, _ in side.blocks[str(i)].named_parameters())
+                prefix = f"{stack}.{family.blocks_attr}.{i}."
+                names.extend(prefix + n for n, _ in side.blocks[str(i)].named_parameters())
             if family.final_norm_attr:
                 names.extend(f"{stack}.{family.final_norm_attr}.{n}" for n, _ in side.final_norm.named_parameters())
         return names
@@ -329,7 +358,8 @@ class LSTLayer(MethodLayer):
                 entries.append(({n: imp(prefix + n) for n in local}, {n: family.dims(n) for n in local}, keeps, heads))
                 keys.append((role, i))
             if family.final_norm_attr:
-                extra.extend(imp(f"{stack}.{family.final_norm_attr}.{n}") for n, _ in side.final_norm.named_parameters())
+                norm = f"{stack}.{family.final_norm_attr}."
+                extra.extend(imp(norm + n) for n, _ in side.final_norm.named_parameters())
         res, chosen = select_indices(entries, extra, self.encoder.width)
         out: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
         for (role, i), sel in zip(keys, chosen):

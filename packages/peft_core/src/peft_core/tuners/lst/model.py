@@ -75,7 +75,8 @@ def lst_layer(model: nn.Module, name: str = "default") -> LSTLayer:
     for _, _, layer in iter_layers(model, name):
         if isinstance(layer, LSTLayer):
             return layer
-    raise ValueError(f"adapter name={name!r} is not an LST adapter on this model; it has {list(adapter_records(model))}")
+    raise ValueError(
+        f"adapter name={name!r} is not an LST adapter on this model; it has {list(adapter_records(model))}")
 
 
 def lst_fisher_importance(model: nn.Module, batches: Iterable[Any], loss_fn: Any, name: str = "default",

@@ -107,7 +107,8 @@ class MoeConfig(PetlConfig):
             try:
                 pattern = re.compile(self.layer_regex)
             except re.error as exc:
-                raise ValueError(f"layer_regex={self.layer_regex!r} is not allowed; not a valid regex ({exc})") from None
+                raise ValueError(
+                    f"layer_regex={self.layer_regex!r} is not allowed; not a valid regex ({exc})") from None
             if pattern.groups < 1:
                 raise ValueError(f"layer_regex={self.layer_regex!r} is not allowed; expected a regex with one group "
                                  "capturing the layer index")

@@ -9,8 +9,8 @@ Attribute routing (released upstream), per segment ``s`` with routing row ``(idx
 mode ``'q'`` uses only the weight rows ``[0, out/3)``, mode ``'kv'`` the rows ``[out/3, out)`` with the first segment
 extended by ``pe_length`` prompt tokens (upstream ``mergelayer`` / ``top2_expert_forward``).
 
-Token routing (paper only): per token ``t``, ``y_t = sum_j g_tj * (W_{idx_tj} x_t + b_{idx_tj})`` (no capacity limit, no
-token is dropped), plus the load-balancing loss of :func:`peft_core.tuners.moe.gate.load_balancing_loss`.
+Token routing (paper only): per token ``t``, ``y_t = sum_j g_tj * (W_{idx_tj} x_t + b_{idx_tj})`` (no capacity
+limit, no token is dropped), plus the load-balancing loss of :func:`peft_core.tuners.moe.gate.load_balancing_loss`.
 
 Upstream: fundamentalvision/Uni-Perceiver @ a8c9e37 ``uniperceiver/task_moe/{layer,experts,gate}.py`` and
 ``uniperceiver/modeling/layers/transformer_encoder_moe_layer.py``. The experts are deep copies of the host Linear,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -34,13 +35,14 @@ _HF_BERT_FFN = dict(ffn_in=r"(?:.*\.)?intermediate\.dense", ffn_out=r"(?:.*\.)?l
 _TIMM = MoeSpec(r"\bblocks\.(\d+)\.", r"(?:.*\.)?attn\.(qkv|proj)", r"(?:.*\.)?mlp\.fc1", r"(?:.*\.)?mlp\.fc2")
 
 SPECS: dict[str, MoeSpec] = {
-    "bert": MoeSpec(r"\blayer\.(\d+)\.", r"(?:.*\.)?attention\.self\.(query|key|value)|(?:.*\.)?attention\.output\.dense",
-                    **_HF_BERT_FFN),
+    "bert": MoeSpec(r"\blayer\.(\d+)\.",
+                    r"(?:.*\.)?attention\.self\.(query|key|value)|(?:.*\.)?attention\.output\.dense", **_HF_BERT_FFN),
     "vit": MoeSpec(r"\blayers?\.(\d+)\.",
                    r"(?:.*\.)?attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj|o_proj)"
                    r"|(?:.*\.)?attention\.output\.dense",
                    r"(?:.*\.)?(?:intermediate\.dense|mlp\.fc1)", r"(?:.*\.)?(?:layers?\.\d+\.output\.dense|mlp\.fc2)"),
-    "bart": MoeSpec(r"\blayers\.(\d+)\.", r"(?:.*\.)?self_attn\.(q_proj|k_proj|v_proj|out_proj)", r"(?:.*\.)?fc1", r"(?:.*\.)?fc2"),
+    "bart": MoeSpec(r"\blayers\.(\d+)\.", r"(?:.*\.)?self_attn\.(q_proj|k_proj|v_proj|out_proj)", r"(?:.*\.)?fc1",
+                    r"(?:.*\.)?fc2"),
     "clip": MoeSpec(r"\blayers\.(\d+)\.", r"(?:.*\.)?self_attn\.(q_proj|k_proj|v_proj|out_proj)", r"(?:.*\.)?mlp\.fc1",
                     r"(?:.*\.)?mlp\.fc2"),
     "t5": MoeSpec(r"\bblock\.(\d+)\.", r"(?:.*\.)?SelfAttention\.(q|k|v|o)", r"(?:.*\.)?DenseReluDense\.wi(_0|_1)?",
@@ -99,7 +101,8 @@ class MoeTuner(Tuner):
         if "SA" in config.expert_types:
             if spec.attn is None:
                 raise TargetError("moe: expert_types includes 'SA' but this architecture's attention "
-                                  "(nn.MultiheadAttention) has no Linear forward to route; expected expert_types=['FFN']")
+                                  "(nn.MultiheadAttention) has no Linear forward to route; "
+                                  "expected expert_types=['FFN']")
             patterns.append(spec.attn)
         if "FFN" in config.expert_types:
             patterns += [spec.ffn_in, spec.ffn_out]
@@ -131,10 +134,11 @@ class MoeTuner(Tuner):
         for name, module, block in selected:
             try:
                 self.check_host(name, module, config)
-                parent, child = get_parent(model, name)
+                parent, _ = get_parent(model, name)
                 if isinstance(parent, nn.MultiheadAttention):
                     raise TargetError("the Linears of nn.MultiheadAttention are read inside "
-                                      "F.multi_head_attention_forward, their forward never runs; expected another host")
+                                      "F.multi_head_attention_forward, their forward never runs; "
+                                      "expected another host")
             except TargetError as exc:
                 raise TargetError(f"moe: module {name!r} ({type(module).__name__}): {exc}") from None
             key = self._group_key(name, block, spec, config)
@@ -158,7 +162,7 @@ class MoeTuner(Tuner):
         return name
 
 
-def _builder(module: nn.Module, config: MoeConfig, group: GateGroup):  # noqa: ANN202
+def _builder(module: nn.Module, config: MoeConfig, group: GateGroup) -> Callable[[], MoeLayer]:
     return lambda: MoeLayer(module, config, group)
 
 
@@ -176,8 +180,8 @@ def uniperceiver_moe(**kw: object) -> MoeConfig:
 
 
 @register_preset("moe-token", "Conditional MoE with token routing: 8 experts, top-2, Switch/GShard load-balancing "
-                 "loss, FFN+SA Linears of even-indexed layers", "Uni-Perceiver-MoE paper (Zhu et al. 2022), token-level "
-                 "conditional MoE; not in the released code")
+                 "loss, FFN+SA Linears of even-indexed layers",
+                 "Uni-Perceiver-MoE paper (Zhu et al. 2022), token-level conditional MoE; not in the released code")
 def moe_token(**kw: object) -> MoeConfig:
     return MoeConfig(**{"num_experts": 8, "top_k": 2, "routing": "token", "layers": "odd",
                         "expert_types": ["FFN", "SA"], **kw})

@@ -85,7 +85,8 @@ def make_routing(attributes: torch.Tensor | Sequence[float] | Sequence[Sequence[
 
 def set_moe_routing(model: nn.Module, attributes: torch.Tensor | Sequence | None = None,
                     segment_lengths: Sequence[int] | None = None, *, token_mask: torch.Tensor | None = None,
-                    pe_length: int = 0, name: str | None = None, prefix: str | None = None) -> dict[MoeLayer, MoeRouting | None]:
+                    pe_length: int = 0, name: str | None = None,
+                    prefix: str | None = None) -> dict[MoeLayer, MoeRouting | None]:
     """Set the routing inputs of the MoE layers of adapter ``name`` (all if None) whose host name starts with
     ``prefix`` (all if None) until changed; returns the previous values (for :func:`restore_moe_routing`)."""
     layers = _moe_layers(model, name, prefix)

@@ -1,7 +1,8 @@
 """pi-Tuning step 3: interpolate N trained experts of one method with learnable softmax weights, then collapse.
 
 Bottleneck adapter (upstream TencentARC/pi-Tuning @ 3b60701
-``OFA/models/ofa/unify_transformer_layer.py:TransformerEncoderLayer.forward``, adapter_interpolation branch), per host::
+``OFA/models/ofa/unify_transformer_layer.py:TransformerEncoderLayer.forward``, adapter_interpolation branch),
+per host::
 
     p    = softmax(w)                                  w: (N,) logits of this host, init ones (uniform) or given
     down = sum_i p_i * (W_down_i z + b_down_i)         (the N down projections mixed BEFORE the activation)
@@ -20,15 +21,21 @@ each hold a copy of the frozen base weight)::
 Mixing ``B`` and ``A`` separately is not exact, so the collapsed checkpoint is an exact LoRA of rank ``N * r``:
 ``B' = [p_1 B_1, ..., p_N B_N]``, ``A' = [A_1; ...; A_N]``, ``alpha' = N * alpha`` (same ``alpha' / r'``).
 
-Differences from upstream: one logit vector per host (upstream LoRA shares one vector across q, k, v and out of an
-attention); the base weight is not duplicated N times; the interpolation collapses to an ordinary checkpoint.
+Prefix (upstream ``OFA/models/ofa/unify_transformer.py``, ``prompt_weight_scale``): per attention
+``[P_k ; P_v] = sum_i p_i * dropout_i([P_k,i ; P_v,i])``; collapses to the direct prefix ``sum_i p_i P_i``.
+
+Frozen experts (``train_experts=False``) enter the forward detached, so they never get a gradient, whatever their
+``requires_grad`` flag says. Differences from upstream: one logit vector per host (upstream LoRA shares one vector
+across q, k, v and out of an attention); the base weight is not duplicated N times; the interpolation collapses to an
+ordinary checkpoint; ``train_experts`` decides for every method (upstream's prompt path freezes the experts through a
+typo).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from peft_core.attention import KVExtension, disable_interception, enable_interception, site_of
+from peft_core.attention.sites import AttentionSite
 from peft_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_adapter_config
 from peft_core.config import PetlConfig, config_from_dict
 from peft_core.io import atomic_write, atomic_write_text
@@ -59,9 +68,11 @@ from peft_core.tuners.lora.layer import (
     LoraLinearLayer,
     LoraMultiheadAttentionLayer,
 )
+from peft_core.tuners.prefix.config import PrefixConfig
+from peft_core.tuners.prefix.layer import PrefixLayer
 
-INTERPOLABLE = ("bottleneck", "lora")
-"""Expert methods that can be interpolated (prefix tuning is not in peft_core yet)."""
+INTERPOLABLE = ("bottleneck", "lora", "prefix")
+"""Expert methods that can be interpolated."""
 
 
 @dataclasses.dataclass
@@ -134,7 +145,7 @@ class _InterpolatedLayer(MethodLayer):
         """The interpolation weights ``softmax(logits)`` (N,)."""
         return F.softmax(self.logits, dim=-1)
 
-    def collapsed_state(self) -> dict[str, torch.Tensor]:
+    def collapsed_state(self, host: nn.Module) -> dict[str, torch.Tensor]:
         """The expert-method parameters equal to this interpolation (keys relative to the expert layer)."""
         raise NotImplementedError
 
@@ -162,11 +173,12 @@ class InterpolatedBottleneckLayer(_InterpolatedLayer):
 
     def post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         if self.mode == "serial":
-            return map_primary_output(output, lambda out: out + self.adapter(out) if self.residual else self.adapter(out))
+            return map_primary_output(output,
+                                      lambda out: out + self.adapter(out) if self.residual else self.adapter(out))
         x = primary_input(args, kwargs)
         return map_primary_output(output, lambda out: out + self.adapter(x))
 
-    def collapsed_state(self) -> dict[str, torch.Tensor]:
+    def collapsed_state(self, host: nn.Module) -> dict[str, torch.Tensor]:
         p = self.weights().detach()
         state: dict[str, torch.Tensor] = {}
         expert_params = [dict(e.named_parameters()) for e in self.experts]
@@ -264,7 +276,7 @@ class InterpolatedLoraLayer(_InterpolatedLayer):
             else:
                 host.weight -= self.delta_weight().to(host.weight.dtype)
 
-    def collapsed_state(self) -> dict[str, torch.Tensor]:
+    def collapsed_state(self, host: nn.Module) -> dict[str, torch.Tensor]:
         p = self.weights().detach()
         expert_params = [dict(e.named_parameters()) for e in self.experts]
         state: dict[str, torch.Tensor] = {}
@@ -279,22 +291,67 @@ class InterpolatedLoraLayer(_InterpolatedLayer):
         return state
 
 
+class InterpolatedPrefixLayer(_InterpolatedLayer, KVExtension):
+    """pi-Tuning prompt interpolation (upstream ``OFA/models/ofa/unify_transformer.py``, ``prompt_num > 1``:
+    ``prompt_kv = sum_i softmax(prompt_weight_scale[layer])_i * prompt_kv_i[layer]``)::
+
+        [P_k ; P_v] = sum_i p_i * dropout_i([P_k,i ; P_v,i])      (each expert's prefix with its own dropout)
+
+    Collapse: ``space='kv'``: the direct prefix ``sum_i p_i P_i`` (exact); ``space='hidden'`` without ``hidden_norm``:
+    ``prompt* = sum_i p_i prompt_i`` (exact, the key/value projections are affine and ``sum_i p_i = 1``); with a
+    ``hidden_norm`` the mixture is not a single prompt and collapse is refused."""
+
+    def attach(self, host: nn.Module) -> None:
+        enable_interception(host)
+
+    def detach(self, host: nn.Module) -> None:
+        disable_interception(host)
+
+    def extra_kv(self, site: AttentionSite, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.weights()
+        pairs = [e.extra_kv(site, batch_size) for e in self.experts]
+        if not self.train_experts:
+            pairs = [(k.detach(), v.detach()) for k, v in pairs]
+        key = torch.stack([k for k, _ in pairs], dim=-1).mul(p.to(pairs[0][0].dtype)).sum(-1)
+        value = torch.stack([v for _, v in pairs], dim=-1).mul(p.to(pairs[0][1].dtype)).sum(-1)
+        return key, value
+
+    def collapsed_state(self, host: nn.Module) -> dict[str, torch.Tensor]:
+        p = self.weights().detach()
+        first: PrefixLayer = self.experts[0]
+        if first.space == "hidden":
+            if first._hidden_norm is not None:
+                raise ValueError("cannot collapse an interpolation of prefixes with hidden_norm: norm(sum_i p_i P_i) "
+                                 "is not sum_i p_i norm(P_i); expected hidden_norm=None or space='kv'")
+            return {"prompt": sum(p[i] * e.prompt.detach() for i, e in enumerate(self.experts))}
+        site = site_of(host)
+        with torch.no_grad():
+            pairs = [e.raw_kv(site) for e in self.experts]
+        return {"prefix_key": sum(p[i] * k.detach() for i, (k, _) in enumerate(pairs)),
+                "prefix_value": sum(p[i] * v.detach() for i, (_, v) in enumerate(pairs))}
+
+
 class PiInterpolationTuner(Tuner):
-    """Hosts and expert layers come from the expert method's own tuner; each host gets N of them, interpolated."""
+    """Hosts and expert layers come from the expert method's own tuner (N independent plans, so that experts never
+    share parameters, e.g. prefix MLPs shared per stack); each host gets its N expert layers, interpolated."""
 
     config_cls = PiInterpolationConfig
 
     def plan(self, model: nn.Module, config: PiInterpolationConfig) -> list[PlannedLayer]:
         expert = config.expert
-        inner = get_method(expert.method).plan(model, expert)
-        return [PlannedLayer(p.host_name, p.host, _builder(p, config)) for p in inner]
+        tuner = get_method(expert.method)
+        plans = [tuner.plan(model, expert) for _ in range(config.num_experts)]
+        return [PlannedLayer(first.host_name, first.host, _builder([plan[j] for plan in plans], config))
+                for j, first in enumerate(plans[0])]
 
 
-def _builder(planned: PlannedLayer, config: PiInterpolationConfig):  # noqa: ANN202
+def _builder(planned: list[PlannedLayer], config: PiInterpolationConfig) -> Callable[[], MethodLayer]:
     def build() -> MethodLayer:
-        experts = [planned.build() for _ in range(config.num_experts)]
+        experts = [p.build() for p in planned]
         if isinstance(experts[0], BottleneckLayer):
             return InterpolatedBottleneckLayer(experts, config)
+        if isinstance(experts[0], PrefixLayer):
+            return InterpolatedPrefixLayer(experts, config)
         return InterpolatedLoraLayer(experts, config)
 
     return build
@@ -303,8 +360,8 @@ def _builder(planned: PlannedLayer, config: PiInterpolationConfig):  # noqa: ANN
 register_method(PiInterpolationTuner())
 
 
-@register_preset("pi-adapter", "pi-Tuning adapter expert: serial bottleneck r=128, ReLU, BERT init, scale 1.0, after the "
-                 "self-attention output and after the FFN output (no cross-attention adapter)",
+@register_preset("pi-adapter", "pi-Tuning adapter expert: serial bottleneck r=128, ReLU, BERT init, scale 1.0, after "
+                 "the self-attention output and after the FFN output (no cross-attention adapter)",
                  "TencentARC/pi-Tuning OFA/models/ofa/unify_transformer_layer.py:Adapter_Layer, "
                  "run_scripts/refcoco (pituning.md)")
 def pi_adapter(**kw: object) -> BottleneckConfig:
@@ -434,12 +491,14 @@ def collapse_interpolation(model: nn.Module, name: str, out_dir: str | Path) -> 
     interp: PiInterpolationConfig = adapter_records(model)[name].config  # type: ignore[assignment]
     expert = interp.expert
     state: dict[str, torch.Tensor] = {}
-    for host_name, _, layer in layers:
-        for key, value in layer.collapsed_state().items():
+    for host_name, host, layer in layers:
+        for key, value in layer.collapsed_state(host).items():
             state[_host_prefix(host_name) + key] = value.contiguous().cpu()
     if expert.method == "lora":
         n = interp.num_experts
         expert = expert.replace(r=expert.r * n, alpha=expert.alpha * n)
+    elif isinstance(expert, PrefixConfig) and expert.space == "kv":
+        expert = expert.replace(reparameterization="none", share_mlp=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": "peft_core", "method": expert.method, "collapsed_from": "pi_interpolation"}

@@ -131,7 +131,7 @@ class PromptLayer(MethodLayer):
             return None
         if output.shape[-2] <= num:
             raise ValueError(f"position embedding of length {output.shape[-2]} cannot hold {num} prompt positions")
-        return torch.cat([torch.zeros_like(output[..., :num, :]), output[..., num:, :]], dim=-2)
+        return torch.cat([torch.zeros_like(output[..., :num, :]), output[..., :-num, :]], dim=-2)
 
 
 class PromptCrossMaskLayer(MethodLayer):
@@ -149,5 +149,5 @@ class PromptCrossMaskLayer(MethodLayer):
         num = self._prompt_layer.num_virtual_tokens
         if states is None or mask is None or mask.dim() != 2 or states.shape[1] != mask.shape[1] + num:
             return None
-        kw["encoder_attention_mask"] = torch.cat([mask.new_zeros(mask.shape[0], num), mask], dim=1)
+        kw["encoder_attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], num), mask], dim=1)
         return (), kw

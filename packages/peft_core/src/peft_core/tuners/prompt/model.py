@@ -1,4 +1,4 @@
-"""Input prompt tuning tuner: finds the module that embeds ``input_ids`` (and the decoder of encoder-decoder models)."""
+"""Input prompt tuning tuner: finds the module that embeds ``input_ids`` (and the decoder of an encoder-decoder)."""
 
 from __future__ import annotations
 

@@ -262,14 +262,18 @@ class UniPTConfig(PetlConfig):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"layer_modules={value!r} is not allowed; expected a valid regular expression ({exc})")
+                raise ValueError(
+                    f"layer_modules={value!r} is not allowed; expected a valid regular expression ({exc})"
+                ) from None
         elif value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
             raise ValueError(
                 f"layer_modules={value!r} is not allowed; expected a regex string, a non-empty list of name suffixes "
                 "or None"
             )
         if self.include_input is not None and not isinstance(self.include_input, bool):
-            raise ValueError(f"include_input={self.include_input!r} is not allowed; expected one of [None, True, False]")
+            raise ValueError(
+                f"include_input={self.include_input!r} is not allowed; expected one of [None, True, False]"
+            )
         for name in ("anchor_module", "output_module", "mask_kwarg"):
             item = getattr(self, name)
             if item is not None and (not isinstance(item, str) or not item):

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from peft_core.layer import PETL_ATTR, MethodLayer, primary_input, primary_output
-
 from peft_core.tuners.unipt import ops
 from peft_core.tuners.unipt.blocks import (
     init_side,
@@ -357,33 +356,38 @@ def replace_output(output: Any, value: Tensor) -> Any:
 class UniPTLayer(MethodLayer):
     """UniPT as a ``peft_core`` method layer on the model root (``add_adapter(model, UniPTConfig(...))``).
 
-    For one forward of the host (the model root) ``y = model(*args, **kwargs)``::
+    One forward ``y = model(*args, **kwargs)`` of the host (the model root) computes::
 
-        with torch.no_grad():                     # root forward pre-hook .. output module's forward hook
-            h_0, .., h_{N-1} = features           # forward hooks on the layer modules (h_0 = input of the first
-                                                  #   with include_input), anchor token from anchor_module
-        Y, p = UniPTSide(h, mask=attention_mask, anchor=..., position=...)      # with autograd (outer mode)
-        y = output with its main tensor replaced by Y                # at output_module (default: the root)
+        grad off                                   root forward pre-hook (mask / input_ids read from the call)
+        h_0 .. h_{N-1}                             forward hooks on the layer modules; h_0 = input of the first one
+                                                   with include_input; raw anchor = output of anchor_module
+        Y, p = UniPTSide(h, mask=m, anchor=a, position=e)       under the caller's grad mode
+        y = model output with its main tensor replaced by Y    forward hook of output_module (default: the root)
+        grad back to the caller's mode                          at that hook, and always in the root forward hook
 
-    (UniPT, Diao et al. 2023, Paranioar/UniPT @ 3fa457d987: VSE-infty ``lib/encoders.py`` and CLIP4Clip
-    ``modules/modeling.py`` call the backbone under ``torch.no_grad()`` and feed its hidden states to the side.)
+    i.e. ``Y = Up(A + Proj(sum_i p_i M_i))`` of :class:`UniPTSide` on the frozen backbone's features, as upstream
+    (Paranioar/UniPT @ 3fa457d987: VSE-infty ``lib/encoders.py`` and CLIP4Clip ``modules/modeling.py`` call the
+    backbone under ``torch.no_grad()`` and feed its hidden states to the side network).
 
-    Why hooks and not a wrapped ``forward``: the model keeps its class and its ``forward``; a pre-hook on the root
-    switches grad off and a root forward hook registered with ``always_call=True`` switches it back even when the
-    forward raises. The side output is computed under the grad mode the caller had, in the hook of
-    ``output_module`` (so that the rest of the forward, e.g. CLIP's logits, carries its gradient) or of the root.
-    No activation of the backbone up to ``output_module`` is kept for backward, and its parameters get no grad.
+    Why hooks and not a wrapped ``forward``: the model keeps its class and its ``forward`` (as every peft_core
+    method); the root forward hook is registered with ``always_call=True``, so the grad mode comes back even when
+    the forward raises. No activation of the backbone up to ``output_module`` is kept for backward and its
+    parameters get no gradient; what runs after ``output_module`` (CLIP's normalisation and logits, BERT's pooler
+    for ``output_module="encoder"``) runs under the caller's mode so the side output's gradient flows through it.
+    When the root is a container whose forward calls every child (``nn.Sequential``, timm ``features_only`` =
+    ``nn.ModuleDict``) its ``petl`` child is taken out of ``_modules`` for the duration of the forward.
 
-    ``last_output`` (detached side output) and ``last_confidence`` (the softmax weights ``p`` over the target
-    layers, ``(B, n_targets)``) keep the results of the last forward. The features are read from ``model(...)``
-    calls only: methods that bypass ``__call__`` of the root (``CLIPModel.get_image_features``) are not adapted.
+    ``last_output`` (the side output, detached) and ``last_confidence`` (the softmax weights ``p`` over the target
+    layers, ``(B, n_targets)``, detached) keep the results of the last forward. Only ``model(...)`` calls are
+    adapted: methods that bypass the root's ``__call__`` (``CLIPModel.get_image_features``) run the plain backbone.
     """
 
     def __init__(self, config: UniPTConfig, sources: FeatureSources) -> None:
         super().__init__()
         if sources.num_features != len(config.hidden_sizes):
             raise ValueError(
-                f"UniPT: {sources.num_features} feature sources but hidden_sizes has {len(config.hidden_sizes)} entries"
+                f"UniPT: {sources.num_features} feature sources but hidden_sizes has {len(config.hidden_sizes)} "
+                "entries"
             )
         self.side = UniPTSide(config)
         self.sources = sources

@@ -142,8 +142,8 @@ class WindowPrefixLayer(MethodLayer):
     relative position bias or shift mask on the prefix columns.
 
     Upstream (crashing, fixed here): bruceyo/V-PETL@661198dd38:models/video_swin_transformer_patt.py:WindowAttention3D
-    (``--att_prefix_mode prefix_kv``); reparametrisation as jxhe/unify-parameter-efficient-tuning
-    petl/petl_factory.py:Prefix.
+    (``--att_prefix_mode prefix_kv``); reparametrisation as
+    jxhe/unify-parameter-efficient-tuning@5262470:petl/petl_factory.py:Prefix (one MLP per layer here, output 2C).
     """
 
     def __init__(self, host: nn.Module, config: WindowPrefixConfig) -> None:
