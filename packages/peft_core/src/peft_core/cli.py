@@ -90,7 +90,12 @@ def cmd_params(args: argparse.Namespace, extra: list[str]) -> int:
         config = make_config(args.method, **parse_overrides(method, extra))
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    model = build_model(args.model, device=args.device)
+    from peft_core.zoo_vl import build_vl_model, needs_vl_model
+
+    if needs_vl_model(config):  # VL presets train the VL-Adapter visual embedding too
+        model = build_vl_model(args.model, device=args.device)
+    else:
+        model = build_model(args.model, device=args.device)
     add_adapter(model, config)
     mark_trainable(model)
     report = count_parameters(model, depth=args.depth)

@@ -307,6 +307,7 @@ def _evaluate(checkpoint: Path, overrides: list[str], output: str | Path | None,
     payload = read_checkpoint(checkpoint)
     config = from_dict(apply_overrides(payload["config"], overrides), f"{checkpoint} (config)")
     setup_logging(None, info.is_main)
+    seed_everything(config.run.seed)
     device = resolve_device(config.run.device, info)
     amp = config.run.amp and device.type == "cuda"
     d = config.data

@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="measured steps (default 5; quick 3)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=C.default_threads(), help="torch threads per configuration")
-    p.add_argument("--isolation", default="forkserver", choices=("forkserver", "subprocess"),
-                   help="how each configuration gets a fresh process (see peft_core.bench.runner)")
+    p.add_argument("--isolation", choices=("forkserver", "subprocess"),
+                   help="how each configuration gets a fresh process (default: forkserver on CPU, subprocess on "
+                        "CUDA; see peft_core.bench.runner)")
     p.add_argument("--timeout", type=float, help="seconds per configuration (default 1800; quick 300)")
     p.add_argument("--no-cache", action="store_true", help="every process builds its model (slower)")
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="output folder (default bench/out)")
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = Logger(out / "bench.log")
     with_peft = any(p.startswith(C.PEFT_PREFIX) for p in patterns)
-    isolation = Isolation(args.isolation, preload_modules(specs, peft=with_peft))
+    mode = args.isolation or ("subprocess" if args.device.startswith("cuda") else "forkserver")
+    isolation = Isolation(mode, preload_modules(specs, peft=with_peft))
     isolation.start()  # the fork server imports while this process plans
     log(f"peft_core bench ({'quick' if quick else 'full'}): models {[s.name for s in specs]}, "
         f"batch {shape.batch}, seq {shape.seq_len}, target {shape.target_len}, warmup {warmup}, steps {steps}, "

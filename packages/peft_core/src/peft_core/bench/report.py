@@ -17,6 +17,7 @@ import math
 import os
 import platform
 from collections.abc import Iterable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +92,11 @@ def environment(device: str = "cpu", threads: int | None = None, isolation: str 
         "threads_per_config": threads,
         "isolation": isolation,
     }
-    for name in ("transformers", "peft", "timm", "peft_core"):
+    for name in ("transformers", "peft", "timm", "peft-core"):
         try:
-            module = __import__(name)
-            env[name] = getattr(module, "__version__", "unknown")
-        except ImportError:
-            env[name] = None
+            env[name.replace("-", "_")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name.replace("-", "_")] = None
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     try:

@@ -111,10 +111,21 @@ def build_model(spec: ModelSpec, *, vl: bool = False, device: str | torch.device
         state = torch.load(weights, map_location=device, mmap=True, weights_only=True)
         model.load_state_dict(state, strict=True)
         del state
+        if hasattr(model, "tie_weights"):  # skipped with the initialisers (transformers ties in init_weights)
+            model.tie_weights()
+        with torch.device("meta"):
+            expected = _unique_numel(build())
+        if _unique_numel(model) != expected:
+            raise RuntimeError(f"{spec.name}: the model built from saved weights has {_unique_numel(model):,} "
+                               f"parameters, a normal build {expected:,} (weights tied differently)")
     else:
         with torch.device(device):
             model = build()
     return model.eval()
+
+
+def _unique_numel(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 # ------------------------------------------------------------------------------------------------------ inputs

@@ -181,6 +181,8 @@ def load_checkpoint(model: nn.Module, checkpoint: str | Path | dict, *, load_hea
         for key, value in to_load.items():
             targets[key].copy_(value.to(dtype=targets[key].dtype))
     report.loaded = sorted(to_load)
+    report.missing.sort()
+    report.unexpected.sort()
     if verbose:
         print(report.table())
     return report
