@@ -177,3 +177,11 @@ def test_tied_parameters_counted_once():
     report = count_parameters(model)
     unique = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     assert tied and report.total == unique
+
+
+def test_default_ffn_target_of_bert_excludes_attention_output():
+    model, _ = build_tiny("bert")
+    rec = add_adapter(model, make_config("pfeiffer"))
+    assert rec.hosts == ["encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
+    found = [n for n, _ in find_targets(model, [r"layer\.\d+\.output\.dense"])]
+    assert found == rec.hosts

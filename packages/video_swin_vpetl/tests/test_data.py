@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import HEIGHT, WIDTH
 from video_swin_vpetl.data import ClipSpec, ListFileError, VideoDataset, VideoDecodeError, read_frames, read_list
-from video_swin_vpetl.data.sampling import center_clip, test_clips, train_clip
+from video_swin_vpetl.data.sampling import center_clip, evenly_spaced_clips, train_clip
 from video_swin_vpetl.data.synthetic import moving_shapes, write_mp4
 from video_swin_vpetl.data.transforms import multi_scale_crop, spatial_crops
 
@@ -103,9 +103,9 @@ def test_train_clip_is_one_segment_at_a_random_offset() -> None:
 
 
 def test_test_clips_spread_over_the_video() -> None:
-    clips = test_clips(100, 8, 2, 4)
+    clips = evenly_spaced_clips(100, 8, 2, 4)
     assert [int(c[0]) for c in clips] == [0, 28, 56, 84]
-    assert list(test_clips(100, 8, 2, 1)[0]) == list(center_clip(100, 8, 2))
+    assert list(evenly_spaced_clips(100, 8, 2, 1)[0]) == list(center_clip(100, 8, 2))
 
 
 def test_validation_clip_is_deterministic(mp4_dataset: Path) -> None:

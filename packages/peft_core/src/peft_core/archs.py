@@ -29,7 +29,7 @@ class ArchTargets:
 _FAMILIES: dict[str, tuple[tuple[str, ...], ArchTargets]] = {
     "bert": (
         ("BertSelfAttention", "RobertaSelfAttention"),
-        ArchTargets("bert", ["query"], ["key"], ["value"], ["attention.output.dense"], [r"output.dense"],
+        ArchTargets("bert", ["query"], ["key"], ["value"], ["attention.output.dense"], [r"layer\.\d+\.output\.dense"],
                     ["attention.self"]),
     ),
     "bart": (
@@ -49,7 +49,7 @@ _FAMILIES: dict[str, tuple[tuple[str, ...], ArchTargets]] = {
     "vit": (
         ("ViTAttention", "ViTSelfAttention"),
         ArchTargets("vit", ["q_proj", "query"], ["k_proj", "key"], ["v_proj", "value"],
-                    ["attention.o_proj", "attention.output.dense"], ["mlp.fc2", "output.dense"],
+                    ["attention.o_proj", "attention.output.dense"], ["mlp.fc2", r"layer\.\d+\.output\.dense"],
                     ["attention.attention", "attention"]),
     ),
     "swin": (

@@ -1,7 +1,8 @@
 """Selecting the modules a method is attached to.
 
 A target is chosen by a regular expression (full match on the dotted module name), a list of name suffixes
-(``"q_proj"`` matches ``encoder.layers.0.self_attn.q_proj``; a suffix matches whole dotted components only), and/or
+(``"q_proj"`` matches ``encoder.layers.0.self_attn.q_proj``; a suffix matches whole dotted components only and may
+itself be a pattern, e.g. ``r"layer\.\d+\.output\.dense"``), and/or
 module class names. Resolution happens before the model is touched, so a bad target never leaves a half-modified
 model; a target that matches nothing raises :class:`TargetError` listing candidate module names.
 """
@@ -22,9 +23,11 @@ class TargetError(ValueError):
 
 
 def _name_matches(name: str, pattern: str | Sequence[str]) -> bool:
+    """A string is a regular expression matched against the whole dotted name; a list holds suffixes, each matching
+    whole trailing components (``"q_proj"``, or a pattern such as ``r"layer\.\d+\.output\.dense"``)."""
     if isinstance(pattern, str):
         return re.fullmatch(pattern, name) is not None
-    return any(name == s or name.endswith("." + s) for s in pattern)
+    return any(name == s or name.endswith("." + s) or re.fullmatch(rf"(?:.*\.)?(?:{s})", name) for s in pattern)
 
 
 def _type_matches(module: nn.Module, types: Sequence[str] | None) -> bool:

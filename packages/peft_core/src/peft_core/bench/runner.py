@@ -7,7 +7,8 @@ Isolation (``--isolation``):
   process forked from it. Each measurement therefore starts from an idle interpreter (no model, no tensors, no
   allocator history), without paying the imports (tens of seconds on a busy 2-core machine) per configuration.
 * ``subprocess``: ``python -m peft_core.bench.measure --config JSON`` per configuration (slower: every process
-  imports everything).
+  imports everything). The default with ``--device cuda``: a CUDA context cannot be created in a process forked
+  from one in which a library may already have initialised the driver.
 
 Weight cache: a real-size model is built once per benchmark run in the parent (random weights, the library's
 normal initialisation) and saved with ``torch.save``; the measuring processes construct it without running the

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from video_swin_vpetl.data.decode import VideoDecodeError, read_frames
 from video_swin_vpetl.data.lists import VideoRecord
-from video_swin_vpetl.data.sampling import center_clip, test_clips, train_clip
+from video_swin_vpetl.data.sampling import center_clip, evenly_spaced_clips, train_clip
 from video_swin_vpetl.data.transforms import multi_scale_crop, normalize, spatial_crops, to_float_clip
 
 MODES = ("train", "val", "test")
@@ -74,7 +74,7 @@ class VideoDataset(Dataset):
             idx = center_clip(len(frames), s.num_frames, s.sampling_rate)
             return normalize(spatial_crops(to_float_clip(frames[idx]), s.input_size, 1)[0])[None]
         views = []
-        for idx in test_clips(len(frames), s.num_frames, s.sampling_rate, s.test_clips):
+        for idx in evenly_spaced_clips(len(frames), s.num_frames, s.sampling_rate, s.test_clips):
             views += [normalize(c) for c in spatial_crops(to_float_clip(frames[idx]), s.input_size, s.test_crops)]
         return torch.stack(views)
 

@@ -39,7 +39,7 @@ def center_clip(num_total: int, num_frames: int, sampling_rate: int) -> np.ndarr
     return clip_indices(num_total, max_start(num_total, num_frames, sampling_rate) // 2, num_frames, sampling_rate)
 
 
-def test_clips(num_total: int, num_frames: int, sampling_rate: int, num_clips: int) -> list[np.ndarray]:
+def evenly_spaced_clips(num_total: int, num_frames: int, sampling_rate: int, num_clips: int) -> list[np.ndarray]:
     """``num_clips`` clips with starts evenly spread over ``[0, T - span]``; one clip is the centre clip."""
     if num_clips < 1:
         raise ValueError(f"num_clips={num_clips}: expected at least 1")

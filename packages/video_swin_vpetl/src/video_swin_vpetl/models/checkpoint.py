@@ -47,7 +47,7 @@ class LoadReport:
     @property
     def ok(self) -> bool:
         """True when every backbone parameter was loaded (head and method parameters aside)."""
-        return not self.missing_backbone and not self.mismatched
+        return not self.missing_backbone and not any(not k.startswith("head.") for k, _, _ in self.mismatched)
 
     @property
     def missing_backbone(self) -> list[str]:
