@@ -43,14 +43,15 @@ def test_resolve_methods_patterns():
 
 def test_plan_skips_with_reasons():
     spec = C.get_spec(TOY)
-    configs, skips, unmatched = C.plan([spec], ["full", "frozen", "lora", "unipt-vse-text", "peft:lora", "nope*"],
-                                       C.Shape(2, 6, 4), warmup=1, steps=2)
+    configs, skips = C.plan([spec], ["full", "frozen", "lora", "unipt-vse-image", "lst-vl-t5", "peft:lora", "nope*"],
+                            C.Shape(2, 6, 4), warmup=1, steps=2)
     methods = [(c.method, c.impl) for c in configs]
     assert ("full", "reference") in methods and ("frozen", "reference") in methods
     assert ("lora", "peft_core") in methods
-    assert unmatched == ["nope*"]
     skipped = {(s.method, s.impl): s.reason for s in skips}
-    assert "BERT" in skipped[("unipt-vse-text", "side")]
+    assert skipped[("nope*", "peft_core")] == "no preset registered at run time matches 'nope*'"
+    assert skipped[("unipt-vse-image", "peft_core")].startswith("does not apply: TargetError")  # no CNN stages
+    assert skipped[("lst-vl-t5", "peft_core")] == "preset is for t5, this model is torch"
     # Hugging Face PEFT is either measured next to lora or skipped with a reason, never silently dropped
     assert ("lora", "hf_peft") in methods or skipped[("lora", "hf_peft")]
     assert all(c.batch == 2 and c.seq_len == 6 and c.steps == 2 for c in configs)
@@ -175,6 +176,7 @@ def test_command_line_end_to_end(tmp_path: Path, capsys):
         ("frozen", "reference"): "ok", ("full", "reference"): "ok", ("lora", "peft_core"): "ok"}
     assert rows[("lora", "peft_core")]["mem_vs_full"] is not None
     assert rows[("nothing-registered*", "peft_core")]["status"] == "skipped"
+    assert rows[("nothing-registered*", "peft_core")]["model"] == TOY
     table = (tmp_path / "results.md").read_text()
     assert "nothing-registered*" in table and "| toy-transformer | lora | peft_core |" in table
     assert (tmp_path / "memory_vs_trainable.png").is_file() and (tmp_path / "bench.log").is_file()

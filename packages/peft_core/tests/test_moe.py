@@ -307,6 +307,20 @@ def test_merged_weights_equal_weighted_sum_of_expert_outputs(k: int) -> None:
         torch.testing.assert_close(y, experts[int(decision.indices[0, 0])](x), rtol=0, atol=1e-6)
 
 
+def test_training_noise_reaches_the_layer_and_eval_ignores_it() -> None:
+    setup = qkv_moe(k=1, num_experts=4, top1_gate="straight_through")
+    model, layer, experts = setup.model, setup.layer, setup.experts
+    x = torch.randn(1, 4, 12)
+    with moe_routing(model, attributes=ATTR):
+        clean = int(layer.decide(x).indices[0, 0])
+        forced = (clean + 1) % 4
+        layer.gate.sample_noise = lambda logits: F.one_hot(torch.tensor([forced]), 4).float() * 1e3
+        model.train()
+        torch.testing.assert_close(model(x), experts[forced](x), rtol=0, atol=1e-6)
+        model.eval()
+        torch.testing.assert_close(model(x), experts[clean](x), rtol=0, atol=1e-6)
+
+
 def test_segments_are_routed_by_their_own_row() -> None:
     model = qkv_moe(k=2, num_experts=6).model
     attrs = torch.tensor([ATTR, [0, 1, 0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.float32)

@@ -15,6 +15,7 @@ from peft_core import (
     adapter_records,
     adapter_state_dict,
     add_adapter,
+    count_parameters,
     iter_layers,
     load_adapter,
     make_config,
@@ -37,6 +38,11 @@ from peft_core.tuners.pituning.interpolation import (
 from torch.nn import functional as F
 
 BERT_LORA = {"target_modules": ["query", "value", "attention.output.dense"], "init": "random"}
+# OFA's prompt encoder with projection: one MLP per stack (share_mlp), ReLU, proj 2d, dropout 0.2 (eval: off)
+SHARED_MLP_PREFIX = {"num_virtual_tokens": 4, "reparameterization": "mlp", "share_mlp": True, "activation": "relu",
+                     "proj_factor": 2.0, "dropout": 0.2}
+# Uni-Perceiver deep prompts: hidden-space tokens through the frozen key/value projections
+HIDDEN_PROMPT = {"num_virtual_tokens": 3, "space": "hidden", "attentions": ["encoder_self"]}
 
 
 def run(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
@@ -134,9 +140,9 @@ COLLAPSE_CASES = [
     ("timm_vit", "lora", {"fused_slices": "qv", "init": "random"}),
     ("torch_transformer", "lora", {"init": "random"}),
     ("toy_conv", "lora", {"target_modules": ["conv0", "conv1"], "init": "random"}),
-    ("bart", "prefix-ofa", {"num_virtual_tokens": 4}),  # one MLP per stack (share_mlp), dropout 0.2 (eval: off)
+    ("bart", "prefix", SHARED_MLP_PREFIX),
     ("torch_transformer", "prefix", {"num_virtual_tokens": 3}),
-    ("bert", "deep-prompt-uniperceiver", {"hidden_norm": None}),  # hidden-space prompts through frozen k/v
+    ("bert", "prefix", HIDDEN_PROMPT),
 ]
 
 
@@ -163,7 +169,7 @@ def test_collapsed_checkpoint_reproduces_interpolation(tmp_path: Path, model_nam
 
 
 def test_prefix_interpolation_mixes_expert_keys_and_values(tmp_path: Path) -> None:
-    paths = make_experts(tmp_path, "bart", "prefix-ofa", n=2, num_virtual_tokens=4)
+    paths = make_experts(tmp_path, "bart", "prefix", n=2, **SHARED_MLP_PREFIX)
     model, _ = build_tiny("bart")
     interpolate_experts(model, paths, init_logits=[0.4, -0.1])
     _, host, layer = next(iter(iter_layers(model, "pi")))
@@ -179,7 +185,7 @@ def test_prefix_interpolation_mixes_expert_keys_and_values(tmp_path: Path) -> No
 
 
 def test_prefix_collapse_with_hidden_norm_is_refused(tmp_path: Path) -> None:
-    paths = make_experts(tmp_path, "torch_transformer", "deep-prompt-uniperceiver", n=2)
+    paths = make_experts(tmp_path, "torch_transformer", "prefix", n=2, **HIDDEN_PROMPT, hidden_norm="norm1")
     model, _ = build_tiny("torch_transformer")
     interpolate_experts(model, paths)
     with pytest.raises(ValueError, match="hidden_norm"):
@@ -261,9 +267,11 @@ def test_frozen_experts_are_not_trainable_after_interpolate(tmp_path: Path) -> N
     paths = make_experts(tmp_path, "toy_mlp", "lora", n=2, target_modules=["lin0", "lin1"], init="random")
     model, _ = build_tiny("toy_mlp")
     interpolate_experts(model, paths)
+    mark_trainable(model)  # must keep frozen experts frozen (MethodLayer.frozen_parameter_names)
     for _, _, layer in iter_layers(model, "pi"):
         assert layer.logits.requires_grad
         assert not any(p.requires_grad for p in layer.experts.parameters())
+    assert count_parameters(model).trainable == sum(layer.logits.numel() for _, _, layer in iter_layers(model, "pi"))
 
 
 # -------------------------------------------------------------------------------------------- checkpoints

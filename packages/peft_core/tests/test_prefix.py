@@ -365,6 +365,27 @@ def test_disabled_equals_base_and_remove_restores(family: str, impl: str) -> Non
             assert "forward" not in vars(m) and not m._forward_pre_hooks
 
 
+@pytest.mark.parametrize(("family", "impl"), [("bart", "sdpa"), ("clip", "eager"), ("torch", "batch_first")])
+def test_deepcopy_of_prefixed_model_is_independent(family: str, impl: str) -> None:
+    model, make_inputs = tiny(family, impl)
+    inputs = make_inputs(0)
+    base = run(model, inputs).detach()
+    add_adapter(model, prefix_config())
+    perturb_all(model)
+    out = run(model, inputs).detach()
+    clone = copy.deepcopy(model)
+    assert torch.equal(run(clone, inputs), out)
+    remove_adapters(clone)
+    assert torch.equal(run(clone, inputs), base)
+    assert torch.equal(run(model, inputs), out), "removing from the copy must not touch the original"
+    remove_adapters(model)
+    assert torch.equal(run(model, inputs), base)
+    for m in (*model.modules(), *clone.modules()):
+        assert not is_intercepted(m)
+        config = getattr(m, "config", None)
+        assert not str(getattr(config, "_attn_implementation", "")).startswith(KEY_PREFIX)
+
+
 def test_delete_one_of_two_adapters_keeps_interception() -> None:
     model, make_inputs = tiny("bart", "sdpa")
     inputs = make_inputs(0)
@@ -386,7 +407,7 @@ def test_shared_mlp_matches_ofa_prompt_encoder() -> None:
     """OFA: Embedding(L, d) -> Linear(d, proj) -> ReLU -> Linear(proj, layers * 2 d); view(B, L, layers * 2, H, hd)
     -> permute(2, 0, 3, 1, 4) -> split(2): layer i keys = chunk 2i, values = chunk 2i + 1."""
     model, _ = tiny("bart", "eager")
-    add_adapter(model, make_config("prefix-ofa", num_virtual_tokens=5))
+    add_adapter(model, make_config("prefix-ofa-projection", num_virtual_tokens=5))
     hosts = [f"model.encoder.layers.{i}.self_attn" for i in range(2)]
     layers = [model.get_submodule(h).petl["default"] for h in hosts]
     mlp = layers[0].shared_mlp
@@ -449,6 +470,18 @@ def test_hidden_space_matches_uniperceiver_deep_prompt() -> None:
     torch.testing.assert_close(captured["out"][0], ref, rtol=1e-5, atol=1e-6)
 
 
+def test_hidden_space_with_vit_pre_ln_norm() -> None:
+    model, _ = tiny("vit", "sdpa")
+    add_adapter(model, prefix_config(space="hidden", hidden_norm="layernorm_before"))
+    host = model.get_submodule("layers.0.attention")
+    layer = host.petl["default"]
+    norm = model.get_submodule("layers.0.layernorm_before")
+    k, v = layer.raw_kv(describe_attention(host))
+    torch.testing.assert_close(k, host.k_proj(norm(layer.prompt)))
+    torch.testing.assert_close(v, host.v_proj(norm(layer.prompt)))
+    assert sorted(n.rsplit(".", 1)[-1] for n in adapter_parameters(model)) == ["prompt", "prompt"]
+
+
 def test_two_active_prefix_adapters_concatenate() -> None:
     model, make_inputs = tiny("bart", "sdpa")
     inputs = make_inputs(0)
@@ -472,7 +505,7 @@ def test_two_active_prefix_adapters_concatenate() -> None:
 def test_collapse_mlp_keeps_outputs_and_saves_direct(tmp_path: Any) -> None:
     model, make_inputs = tiny("t5", "eager")
     inputs = make_inputs(0)
-    add_adapter(model, make_config("prefix-ofa", num_virtual_tokens=4, dropout=0.0))
+    add_adapter(model, make_config("prefix-ofa-projection", num_virtual_tokens=4, dropout=0.0))
     perturb_all(model)
     before = run(model, inputs).detach()
     n_before = count_parameters(model).total
@@ -526,8 +559,8 @@ def _mha_with_prefix(batch_first: bool) -> tuple[nn.MultiheadAttention, PrefixLa
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_mha_disabled_equals_stock_all_call_styles(batch_first: bool) -> None:
     mha, layer = _mha_with_prefix(batch_first)
-    stock = copy.deepcopy(mha)
-    remove_adapters(nn.Sequential(stock))
+    stock = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    stock.load_state_dict({k: v for k, v in mha.state_dict().items() if not k.startswith("petl.")})
     q = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
     kv = torch.randn(2, 6, 16) if batch_first else torch.randn(6, 2, 16)
     kpm = torch.zeros(2, 6, dtype=torch.bool)
@@ -685,6 +718,9 @@ def test_unsupported_hosts_raise_target_error() -> None:
         add_adapter(nn.Sequential(nn.MultiheadAttention(16, 4, kdim=8, vdim=12)), prefix_config(space="hidden"))
     with pytest.raises(TargetError, match="no supported attention"):
         add_adapter(nn.Sequential(nn.Linear(3, 3)), prefix_config())
+    timm_vit, _ = build_tiny("timm_vit")
+    with pytest.raises(TargetError, match="fused qkv projection is not supported"):
+        add_adapter(timm_vit, prefix_config())
 
 
 def test_collapse_errors() -> None:
@@ -712,8 +748,16 @@ def test_interception_is_reference_counted() -> None:
 
 def test_presets() -> None:
     ofa = make_config("prefix-ofa")
-    assert (ofa.num_virtual_tokens, ofa.reparameterization, ofa.proj_factor, ofa.activation, ofa.share_mlp,
-            ofa.dropout, ofa.attentions) == (100, "mlp", 2.0, "relu", True, 0.2, ["encoder_self", "decoder_self"])
+    assert (ofa.num_virtual_tokens, ofa.reparameterization, ofa.dropout, ofa.attentions) == (
+        100, "none", 0.2, ["encoder_self", "decoder_self"])
+    proj = make_config("prefix-ofa-projection")
+    assert (proj.num_virtual_tokens, proj.reparameterization, proj.proj_factor, proj.activation, proj.share_mlp,
+            proj.dropout, proj.attentions) == (100, "mlp", 2.0, "relu", True, 0.2, ["encoder_self", "decoder_self"])
+    # pi-Tuning's prefix runs (no projection): layers * 2 * L * d per side -> 12 * 2 * 100 * 1024 = 2.46M for OFA-Large
+    model, _ = tiny("bart", "eager")
+    add_adapter(model, ofa)
+    mark_trainable(model)
+    assert count_parameters(model).trainable == 2 * (2 * 2 * 100 * 32)
     up = make_config("deep-prompt-uniperceiver")
     assert (up.num_virtual_tokens, up.space, up.reparameterization, up.hidden_norm) == (10, "hidden", "none", "norm1")
     assert PrefixConfig.from_dict(ofa.to_dict()) == ofa

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import peft_core.tuners.prompt.model  # noqa: F401  (registers the method and preset)
@@ -266,6 +267,19 @@ def test_disable_and_remove_restore_base(family: str, impl: str) -> None:
     assert torch.equal(output_tensor(model(**inputs)), base)
     assert not list(iter_layers(model))
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+def test_deepcopy_is_independent() -> None:
+    model, make_inputs = tiny("bart", "sdpa")
+    inputs = make_inputs(0)
+    base = output_tensor(model(**inputs)).detach()
+    add_adapter(model, make_config("prompt-vl-adapter", num_virtual_tokens=L, mlp_dim=16))
+    out = output_tensor(model(**inputs)).detach()
+    clone = copy.deepcopy(model)
+    assert torch.equal(output_tensor(clone(**inputs)), out)
+    remove_adapters(clone)
+    assert torch.equal(output_tensor(clone(**inputs)), base)
+    assert torch.equal(output_tensor(model(**inputs)), out)
 
 
 # ------------------------------------------------------------------------------ errors

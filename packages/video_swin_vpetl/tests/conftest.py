@@ -1,26 +1,12 @@
-"""Shared fixtures: tiny Video Swin models, a tiny mp4 dataset written through PyAV, tiny run configs."""
+"""Fixtures: a tiny mp4 dataset written through PyAV (helpers live in vsw_helpers.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
-from video_swin_vpetl.config import TrainConfig, load_config
 from video_swin_vpetl.data.synthetic import AXES, write_dataset
-from video_swin_vpetl.models import VideoSwinTransformer, create_model
-
-FRAMES, HEIGHT, WIDTH = 16, 32, 40
-
-
-def tiny_model(num_classes: int = 5, seed: int = 0, **overrides: object) -> VideoSwinTransformer:
-    """``video-swin-micro`` (embed 32, depths 2-2, heads 2-4, window 2x4x4): shifted windows in both stages."""
-    torch.manual_seed(seed)
-    return create_model("video-swin-micro", num_classes=num_classes, **overrides)
-
-
-def clip_batch(batch: int = 2, frames: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, frames, size, size, generator=torch.Generator().manual_seed(seed))
+from vsw_helpers import FRAMES, HEIGHT, WIDTH
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +15,3 @@ def mp4_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mp4_dataset")
     write_dataset(root, AXES, {"train": 2, "val": 1, "test": 1}, frames=FRAMES, size=(HEIGHT, WIDTH), seed=0)
     return root
-
-
-def tiny_config(root: Path, out: Path, *overrides: str) -> TrainConfig:
-    """A CPU run of ``video-swin-micro`` on ``root``: batch 4 (2 steps per epoch), 2 epochs, 2 clips x 3 crops."""
-    return load_config(None, [
-        "model.arch=video-swin-micro", "model.drop_path_rate=0.1", "data.dataset=synthetic", f"data.root={root}",
-        "data.input_size=32", "data.train_short_side=36", "data.test_clips=2", "data.test_crops=3",
-        "data.num_workers=0", "method.recipe=patt-kv-8", "optim.batch_size=4", "optim.epochs=2",
-        "optim.warmup_epochs=1", "optim.lr=0.05", f"run.output_dir={out}", "run.progress=false", "run.device=cpu",
-        "run.eval_batch_size=4", *overrides])

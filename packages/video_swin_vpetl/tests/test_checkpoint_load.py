@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import clip_batch, tiny_model
 from video_swin_vpetl.methods import apply_recipe, build_recipe
 from video_swin_vpetl.models import CheckpointLoadError, load_checkpoint
+from vsw_helpers import clip_batch, tiny_model
 
 
 def official_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -90,9 +90,9 @@ def test_adapter_parameters_are_reported_apart(tmp_path: Path) -> None:
 def test_unreadable_files_raise_with_the_path(tmp_path: Path) -> None:
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointLoadError, match="broken.pth"):
+    with pytest.raises(CheckpointLoadError, match=r"broken\.pth"):
         load_checkpoint(tiny_model(), bad)
-    with pytest.raises(CheckpointLoadError, match="missing.pth: checkpoint file not found"):
+    with pytest.raises(CheckpointLoadError, match=r"missing\.pth: checkpoint file not found"):
         load_checkpoint(tiny_model(), tmp_path / "missing.pth")
     with pytest.raises(CheckpointLoadError, match="no tensors"):
         load_checkpoint(tiny_model(), {"meta": {"a": 1}})

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import HEIGHT, WIDTH
 from video_swin_vpetl.data import ClipSpec, ListFileError, VideoDataset, VideoDecodeError, read_frames, read_list
 from video_swin_vpetl.data.sampling import center_clip, evenly_spaced_clips, train_clip
 from video_swin_vpetl.data.synthetic import moving_shapes, write_mp4
 from video_swin_vpetl.data.transforms import multi_scale_crop, spatial_crops
+from vsw_helpers import HEIGHT, WIDTH
 
 # ------------------------------------------------------------------------------------------------------ list files
 
@@ -82,9 +82,9 @@ def test_mp4_written_by_the_test_decodes(tmp_path: Path) -> None:
 def test_decode_errors_name_the_file(tmp_path: Path) -> None:
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 100)
-    with pytest.raises(VideoDecodeError, match="broken.mp4: cannot decode"):
+    with pytest.raises(VideoDecodeError, match=r"broken\.mp4: cannot decode"):
         read_frames(broken)
-    with pytest.raises(VideoDecodeError, match="absent.mp4: file not found"):
+    with pytest.raises(VideoDecodeError, match=r"absent\.mp4: file not found"):
         read_frames(tmp_path / "absent.mp4")
 
 

@@ -73,6 +73,6 @@ def test_non_finite_loss_stops_with_a_clear_error(mp4_dataset: Path) -> None:
     with torch.no_grad():
         model.fc.bias.fill_(float("nan"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 3, step 0 \(lr 0\.1\)"):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 3, step 0 \(lr 0\.0794\)"):
         train_one_epoch(model, loader, optimizer, LrPlan(0.1, 0.0, 0.0, 10), 3, device=torch.device("cpu"),
                         scaler=None, amp=False, records=records, progress=False)

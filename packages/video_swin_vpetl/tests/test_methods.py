@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import clip_batch, tiny_model
 from peft_core import adapter_records, disable_adapters, iter_layers, remove_adapters
 from video_swin_vpetl.methods import RecipeOptions, apply_recipe, build_recipe
 from video_swin_vpetl.models.windows import shifted_window_mask
+from vsw_helpers import clip_batch, tiny_model
 
 RECIPES = ["patt-kv-8", "patt-qv-8", "patt-qk-8", "patt-qkv-8", "adaptformer-8", "prefix-4", "lora-4", "bitfit",
            "adaptformer-8+patt-kv-8", "adaptformer-8+prefix-4+patt-kv-8", "head-only", "full"]
@@ -111,7 +111,7 @@ def test_recipe_names_are_canonical_and_errors_are_clear() -> None:
     assert build_recipe("linear-probe").head_only
     assert build_recipe("full-finetune").full
     assert build_recipe("lora").name == "lora-8"
-    with pytest.raises(ValueError, match="patt-xx-8.*expected"):
+    with pytest.raises(ValueError, match=r"patt-xx-8.*expected"):
         build_recipe("patt-xx-8")
     with pytest.raises(ValueError, match="cannot be combined"):
         build_recipe("full+patt-kv-8")

@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 import torch
-from conftest import clip_batch, tiny_model
 from video_swin_vpetl.methods import apply_recipe, build_recipe
 from video_swin_vpetl.models import WindowAttention3D, create_model
 from video_swin_vpetl.models.windows import (
@@ -16,6 +15,7 @@ from video_swin_vpetl.models.windows import (
     window_partition,
     window_reverse,
 )
+from vsw_helpers import clip_batch, tiny_model
 
 
 def test_forward_shapes_both_heads() -> None:
@@ -48,11 +48,9 @@ def test_partition_reverse_roundtrip() -> None:
 def _mask_by_slices(d: int, h: int, w: int, window: tuple, shift: tuple) -> torch.Tensor:
     """The upstream construction (three slices per axis, a counter per region), written independently."""
     img = torch.zeros(1, d, h, w, 1)
-    cnt = 0
     slices = [(slice(-win), slice(-win, -s), slice(-s, None)) for win, s in zip(window, shift, strict=True)]
-    for sd, sh, sw in itertools.product(*slices):
+    for cnt, (sd, sh, sw) in enumerate(itertools.product(*slices)):
         img[:, sd, sh, sw, :] = cnt
-        cnt += 1
     ids = window_partition(img, window).squeeze(-1)
     diff = ids[:, None, :] - ids[:, :, None]
     return diff.ne(0).float() * -100.0

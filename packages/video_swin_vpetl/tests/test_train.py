@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, tiny_model
 from peft_core.results import RunResult
 from video_swin_vpetl import train as train_module
 from video_swin_vpetl.checkpointing import BEST, LAST, read_checkpoint
@@ -15,6 +14,7 @@ from video_swin_vpetl.cli import main
 from video_swin_vpetl.config import ConfigError, load_config
 from video_swin_vpetl.engine import EvalResult, NonFiniteLossError
 from video_swin_vpetl.train import run_evaluation, run_training
+from vsw_helpers import tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +90,10 @@ def test_result_eval_and_compare(mp4_dataset: Path, pretrained: Path, tmp_path: 
     assert (out / "log.txt").read_text().count("epoch 1:") == 1
 
     (tmp_path / "corrupt.mp4").write_bytes(b"junk")
-    lines = (mp4_dataset / "test.csv").read_text().splitlines() + [f"{tmp_path / 'corrupt.mp4'},2"]
+    lines = [*(mp4_dataset / "test.csv").read_text().splitlines(), f"{tmp_path / 'corrupt.mp4'},2"]
     (tmp_path / "test_plus.csv").write_text("\n".join(lines) + "\n")
-    again = run_evaluation(out / BEST, [f"data.test_list={tmp_path / 'test_plus.csv'}"], tmp_path / "eval.json")
+    again = run_evaluation(out / BEST, [f"data.test_list={tmp_path / 'test_plus.csv'}",
+                                        f"data.video_root={mp4_dataset}"], tmp_path / "eval.json")
     assert again.metrics == saved.metrics  # same weights, same views; the corrupt video is not counted
     assert [Path(u["path"]).name for u in again.extra["unreadable_videos"]] == ["corrupt.mp4"]
     assert again.extra["num_videos"] == 4
@@ -139,11 +140,11 @@ def test_config_files_overrides_and_errors(tmp_path: Path) -> None:
     assert load_config(json_file).data.num_frames == 16
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['optim.epoch'\]"):
         load_config(None, ["optim.epoch=3"])
-    with pytest.raises(ConfigError, match=r"optim.epochs='x'"):
+    with pytest.raises(ConfigError, match=r"optim\.epochs='x'"):
         load_config(None, ["optim.epochs=x"])
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         load_config(None, ["epochs=3"])
-    with pytest.raises(ConfigError, match="model.head='mlp' is not allowed"):
+    with pytest.raises(ConfigError, match=r"model\.head='mlp' is not allowed"):
         load_config(None, ["model.head=mlp"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")

@@ -122,6 +122,10 @@ class MethodLayer(nn.Module):
     def post(self, host: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         return None
 
+    def frozen_parameter_names(self) -> set[str]:
+        """Names (relative to this layer) of parameters :func:`peft_core.mark_trainable` keeps frozen."""
+        return set()
+
     # ----------------------------------------------------------------------------------------------- merging
     def can_merge(self) -> bool:
         return False

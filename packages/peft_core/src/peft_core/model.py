@@ -236,8 +236,10 @@ def mark_trainable(model: nn.Module, names: str | Iterable[str] | None = None, e
     for p in model.parameters():
         p.requires_grad_(False)
     for n in names:
-        for p in adapter_parameters(model, n).values():
-            p.requires_grad_(True)
+        for _, _, layer in iter_layers(model, n):
+            frozen = layer.frozen_parameter_names()
+            for pname, p in layer.named_parameters():
+                p.requires_grad_(pname not in frozen)
         for module_name in records[n].saved_modules:
             for p in model.get_submodule(module_name).parameters():
                 p.requires_grad_(True)

@@ -1,4 +1,4 @@
-"""Selecting the modules a method is attached to.
+r"""Selecting the modules a method is attached to.
 
 A target is chosen by a regular expression (full match on the dotted module name), a list of name suffixes
 (``"q_proj"`` matches ``encoder.layers.0.self_attn.q_proj``; a suffix matches whole dotted components only and may
@@ -23,7 +23,7 @@ class TargetError(ValueError):
 
 
 def _name_matches(name: str, pattern: str | Sequence[str]) -> bool:
-    """A string is a regular expression matched against the whole dotted name; a list holds suffixes, each matching
+    r"""A string is a regular expression matched against the whole dotted name; a list holds suffixes, each matching
     whole trailing components (``"q_proj"``, or a pattern such as ``r"layer\.\d+\.output\.dense"``)."""
     if isinstance(pattern, str):
         return re.fullmatch(pattern, name) is not None

@@ -77,7 +77,8 @@ def load_trainable_state(model: nn.Module, payload: dict[str, Any], head: str, s
     adapters = payload.get("adapters", {})
     on_model = list(adapter_records(model))
     if sorted(adapters) != sorted(on_model):
-        raise TrainCheckpointError(f"{source}: holds adapters {sorted(adapters)} but the model has {sorted(on_model)}; "
+        raise TrainCheckpointError(f"{source}: holds adapters {sorted(adapters)} but the model has "
+                                   f"{sorted(on_model)}; "
                                    "expected the recipe the checkpoint was trained with (method.recipe)")
     if "model" in payload:
         model.load_state_dict(payload["model"])

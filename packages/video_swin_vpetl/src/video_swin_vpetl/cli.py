@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return compare_main(argv[1:])
     if argv and argv[0] == "params":
-        import video_swin_vpetl  # noqa: F401  (registers video-swin-t/-s/-b in peft_core.zoo)
         from peft_core.cli import main as peft_main
+
+        import video_swin_vpetl  # noqa: F401  (registers video-swin-t/-s/-b in peft_core.zoo)
 
         return peft_main(argv)
     args = _parser().parse_args(argv)

@@ -129,7 +129,8 @@ class TrainConfig:
             raise ConfigError(f"data.train_short_side={self.data.train_short_side} is smaller than data.input_size="
                               f"{self.data.input_size}; expected >= input_size")
         if self.run.resume not in ("auto", "none") and not Path(self.run.resume).is_file():
-            raise ConfigError(f"run.resume={self.run.resume!r}: expected 'auto', 'none' or an existing checkpoint file")
+            raise ConfigError(f"run.resume={self.run.resume!r}: expected 'auto', 'none' or an existing "
+                              "checkpoint file")
         choices = {"model.head": (self.model.head, ("vpetl", "i3d")),
                    "data.backend": (self.data.backend, ("auto", "pyav", "decord")),
                    "method.patt_init": (self.method.patt_init, ("upstream", "zero_up")),
@@ -169,7 +170,8 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
 def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from nested dicts; unknown sections or keys are errors."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections {sorted(_SECTION_TYPES)}, got {type(data).__name__}")
+        raise ConfigError(f"{source}: expected a mapping of sections {sorted(_SECTION_TYPES)}, "
+                          f"got {type(data).__name__}")
     unknown = sorted(set(data) - set(_SECTION_TYPES))
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; expected some of {sorted(_SECTION_TYPES)}")

@@ -45,7 +45,7 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(pretrain_steps=40, pretrain_pool=256, per_class=(4, 2, 2), epochs=2, batch_size=8)
+QUICK = DemoSettings(pretrain_steps=10, pretrain_pool=64, per_class=(2, 1, 1), epochs=1, batch_size=4)
 
 METHODS = (
     ("PATT-kv m=16 (frozen backbone)", "patt-kv-16", 0.05),

@@ -195,9 +195,11 @@ def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
     scaler = torch.amp.GradScaler("cuda") if amp else None
     wrapped: nn.Module = model
     if info.enabled:
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    log.info("lr %.6g (blr %g x batch %d x world %d / 256), %d steps per epoch", lr, config.optim.blr,
-             config.optim.batch_size, info.world_size, len(train_loader))
+        device_ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    source = ("optim.lr" if config.optim.lr is not None else
+              f"blr {config.optim.blr:g} x batch {config.optim.batch_size} x world {info.world_size} / 256")
+    log.info("lr %.6g (%s), %d steps per epoch", lr, source, len(train_loader))
 
     start_epoch, best, history, elapsed_before = 0, {"top1": -1.0, "top5": 0.0, "epoch": None}, [], 0.0
     extra: dict[str, Any] = {}

@@ -35,7 +35,7 @@ from __future__ import annotations
 import types
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -82,47 +82,69 @@ def gather_extra_kv(module: nn.Module, site: AttentionSite, batch_size: int
 
 
 # --------------------------------------------------------------------------------------------------- bookkeeping
-@dataclass
-class _HostState:
-    site: AttentionSite
-    count: int
-    handles: list = field(default_factory=list)
+# The interception state lives in the host's ``__dict__`` (and is shared per config through ``_ConfigState``), so
+# ``copy.deepcopy`` / pickling of an intercepted model gives an intercepted copy that can be released on its own.
+STATE_ATTR = "_petl_kv_state"
 
 
-@dataclass
+@dataclass(eq=False)
 class _ConfigState:
+    """A transformers config switched to ``KEY_PREFIX + original`` by ``count`` intercepted hosts."""
+
     config: Any
     original: str
     count: int
 
+    def __setstate__(self, state: dict) -> None:  # deepcopy / unpickle: register the copy under its own config
+        self.__dict__.update(state)
+        _CONFIGS[id(self.config)] = self
 
-_HOSTS: weakref.WeakKeyDictionary[nn.Module, _HostState] = weakref.WeakKeyDictionary()
-_CONFIGS: dict[int, _ConfigState] = {}
+
+@dataclass(eq=False)
+class _HostState:
+    site: AttentionSite
+    count: int
+    config_state: _ConfigState | None = None
+
+
+_CONFIGS: weakref.WeakValueDictionary[int, _ConfigState] = weakref.WeakValueDictionary()
+
+
+def _host_state(module: nn.Module) -> _HostState | None:
+    return module.__dict__.get(STATE_ATTR)
+
+
+def _config_state(config: Any) -> _ConfigState | None:
+    state = _CONFIGS.get(id(config))
+    return state if state is not None and state.config is config else None
 
 
 def original_implementation(config: Any) -> str | None:
     """``config._attn_implementation`` as it was before peft_core switched it (its current value otherwise)."""
-    state = _CONFIGS.get(id(config))
-    if state is not None and state.config is config:
+    state = _config_state(config)
+    if state is not None:
         return state.original
-    return config._attn_implementation
+    value = config._attn_implementation
+    if isinstance(value, str) and value.startswith(KEY_PREFIX):
+        return value[len(KEY_PREFIX) :]
+    return value
 
 
 def is_intercepted(module: nn.Module) -> bool:
-    return module in _HOSTS
+    return _host_state(module) is not None
 
 
 def site_of(module: nn.Module) -> AttentionSite:
     """The :class:`AttentionSite` of an intercepted module."""
-    try:
-        return _HOSTS[module].site
-    except KeyError:
-        raise ValueError(f"{type(module).__name__} is not intercepted; call enable_interception first") from None
+    state = _host_state(module)
+    if state is None:
+        raise ValueError(f"{type(module).__name__} is not intercepted; call enable_interception first")
+    return state.site
 
 
 def enable_interception(module: nn.Module) -> AttentionSite:
     """Route ``module``'s attention through peft_core (reference counted). Raises ``TargetError`` if unsupported."""
-    state = _HOSTS.get(module)
+    state = _host_state(module)
     if state is not None:
         state.count += 1
         return state.site
@@ -132,28 +154,28 @@ def enable_interception(module: nn.Module) -> AttentionSite:
         from peft_core.attention.torch_mha import intercepted_forward
 
         module.forward = types.MethodType(intercepted_forward, module)
-        state.handles.append(module.register_forward_pre_hook(_fastpath_breaker))
+        module.register_forward_pre_hook(_fastpath_breaker)
     else:
-        _acquire_config(module.config)
-    _HOSTS[module] = state
+        state.config_state = _acquire_config(module.config)
+    module.__dict__[STATE_ATTR] = state
     return site
 
 
 def disable_interception(module: nn.Module) -> None:
     """Undo one :func:`enable_interception`; the last release restores the module (and its config) exactly."""
-    state = _HOSTS.get(module)
+    state = _host_state(module)
     if state is None:
         return
     state.count -= 1
     if state.count > 0:
         return
-    del _HOSTS[module]
-    for handle in state.handles:
-        handle.remove()
+    del module.__dict__[STATE_ATTR]
     if state.site.kind == "torch_mha":
         module.__dict__.pop("forward", None)
+        for key in [k for k, hook in module._forward_pre_hooks.items() if hook is _fastpath_breaker]:
+            del module._forward_pre_hooks[key]
     else:
-        _release_config(module.config)
+        _release_config(state.config_state)
 
 
 def _fastpath_breaker(module: nn.Module, args: tuple) -> None:
@@ -169,25 +191,25 @@ def _set_implementation(config: Any, value: str) -> None:
         config._attn_implementation = value
 
 
-def _acquire_config(config: Any) -> None:
-    state = _CONFIGS.get(id(config))
-    if state is not None and state.config is config:
+def _acquire_config(config: Any) -> _ConfigState:
+    state = _config_state(config)
+    if state is not None:
         state.count += 1
-        return
-    original = config._attn_implementation
+        return state
+    original = original_implementation(config)
     key = _register(original)
-    _CONFIGS[id(config)] = _ConfigState(config, original, 1)
+    state = _ConfigState(config, original, 1)
+    _CONFIGS[id(config)] = state
     _set_implementation(config, key)
+    return state
 
 
-def _release_config(config: Any) -> None:
-    state = _CONFIGS.get(id(config))
-    if state is None or state.config is not config:
-        return
+def _release_config(state: _ConfigState) -> None:
     state.count -= 1
     if state.count == 0:
-        del _CONFIGS[id(config)]
-        _set_implementation(config, state.original)
+        if _CONFIGS.get(id(state.config)) is state:
+            del _CONFIGS[id(state.config)]
+        _set_implementation(state.config, state.original)
 
 
 def _register(original: str) -> str:
@@ -218,7 +240,7 @@ def _make_wrapper(original: str) -> Callable:
     def petl_kv_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, **kwargs: Any) -> Any:
         base = _base_function(module, original)
-        state = _HOSTS.get(module)
+        state = _host_state(module)
         extra = gather_extra_kv(module, state.site, key.shape[0]) if state is not None else None
         if extra is None:
             return base(module, query, key, value, attention_mask, **kwargs)

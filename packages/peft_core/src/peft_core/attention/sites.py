@@ -112,6 +112,9 @@ def describe_attention(module: nn.Module) -> AttentionSite:
             raise TargetError("nn.MultiheadAttention with add_bias_kv or add_zero_attn is not supported")
         return AttentionSite(module, "torch_mha", module.kdim, module.vdim, module.embed_dim, module.embed_dim)
     config = getattr(module, "config", None)
+    if config is None and isinstance(module._modules.get("qkv"), nn.Linear) and hasattr(module, "num_heads"):
+        raise TargetError("timm-style attention with a fused qkv projection is not supported (its forward computes "
+                          "the attention inline); expected nn.MultiheadAttention or a transformers attention module")
     if config is None or not hasattr(config, "_attn_implementation"):
         raise TargetError(
             "not an attention module peft_core can intercept; expected nn.MultiheadAttention or a transformers "

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from peft_core.attention.intercept import _HOSTS, gather_extra_kv, split_heads
+from peft_core.attention.intercept import _host_state, gather_extra_kv, split_heads
 from peft_core.attention.masks import mha_additive_mask, pad_attention_mask
 from peft_core.attention.sites import mha_projections
 
@@ -28,7 +28,7 @@ def intercepted_forward(self: nn.MultiheadAttention, query: torch.Tensor, key: t
                         is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Instance ``forward`` installed by :func:`~peft_core.attention.enable_interception` (same signature as
     ``nn.MultiheadAttention.forward``); the stock forward runs when no extension is active."""
-    state = _HOSTS.get(self)
+    state = _host_state(self)
     batch = _batch_size(self, query)
     extra = gather_extra_kv(self, state.site, batch) if state is not None else None
     if extra is None:

@@ -6,7 +6,7 @@ trainable parameters, training-step peak memory and median step time, as ratios 
 configuration is measured in a fresh process. See ``docs/benchmarks.md``.
 
 Modules: :mod:`~peft_core.bench.configs` (what to measure), :mod:`~peft_core.bench.workloads` (models, inputs,
-losses, side networks), :mod:`~peft_core.bench.measure` (one configuration), :mod:`~peft_core.bench.peft_ref`
+losses), :mod:`~peft_core.bench.measure` (one configuration), :mod:`~peft_core.bench.peft_ref`
 (Hugging Face PEFT), :mod:`~peft_core.bench.runner` (fresh processes, weight cache), :mod:`~peft_core.bench.report`
 (ratios, JSON, Markdown, PNG), :mod:`~peft_core.bench.cli` (the command line).
 """

@@ -2,7 +2,7 @@
 real-size architectures (random weights), as ratios to full fine-tuning and to a frozen no-grad forward, next to
 Hugging Face PEFT's implementation of the same method.
 
-    python -m peft_core.bench --quick                       # BART-base+36 visual tokens and BERT-base, < 10 min
+    python -m peft_core.bench --quick                       # BART-base, BERT-base, T5-base (LST), < 10 min
     python -m peft_core.bench                               # 4 models x every registered preset (hours on CPU)
     python -m peft_core.bench --models bert-base --methods full frozen lora 'peft:lora'
     python -m peft_core.bench --device cuda                 # peaks from torch.cuda.max_memory_allocated
@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m peft_core.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help=f"models {', '.join(C.QUICK_MODELS)}; batch {C.QUICK_SHAPE.batch}, text "
-                        f"{C.QUICK_SHAPE.seq_len}; 1 warmup + 3 steps; a method subset")
+                   help=f"models {', '.join(C.QUICK_SELECTION)} with a method subset each (see --list); batch "
+                        f"{C.QUICK_SHAPE.batch}, text {C.QUICK_SHAPE.seq_len}; 1 warmup + 3 steps")
     p.add_argument("--models", nargs="+", help=f"benchmark models (default: {', '.join(C.FULL_MODELS)}; 'all')")
     p.add_argument("--methods", nargs="+",
                    help="full, frozen, preset names or glob patterns ('lst*', '*'), 'peft:NAME' for Hugging Face "
@@ -84,16 +84,18 @@ def _summary(row: dict[str, Any]) -> str:
             f"step {1000 * row['step_s']:,.0f} ms, {row['seconds']:.0f} s")
 
 
-def list_selection(specs: list[C.ModelSpec], patterns: list[str]) -> None:
-    own, peft, unmatched = C.resolve_methods(patterns)
-    print("models:")
+def list_selection(specs: list[C.ModelSpec], patterns: list[str] | dict[str, tuple[str, ...]]) -> None:
+    print("models (* = selected):")
     for name, spec in C.MODELS.items():
         mark = "*" if spec in specs else " "
         print(f" {mark} {name:20s} {spec.description}")
-    print("\nmethods selected: " + ", ".join(own))
-    print("Hugging Face PEFT counterparts: " + (", ".join(peft) or "-"))
-    if unmatched:
-        print("patterns matching nothing registered: " + ", ".join(unmatched))
+    for spec in specs:
+        selected = patterns.get(spec.name, C.QUICK_METHODS) if isinstance(patterns, dict) else patterns
+        own, peft, unmatched = C.resolve_methods(selected)
+        print(f"\n{spec.name}: methods {', '.join(own)}")
+        print("  Hugging Face PEFT counterparts: " + (", ".join(peft) or "-"))
+        if unmatched:
+            print("  patterns matching nothing registered: " + ", ".join(unmatched))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    patterns = list(args.methods or (C.QUICK_METHODS if quick else C.FULL_METHODS))
+    patterns: list[str] | dict[str, tuple[str, ...]] = (
+        list(args.methods) if args.methods else dict(C.QUICK_SELECTION) if quick else list(C.FULL_METHODS))
     if args.list:
         list_selection(specs, patterns)
         return 0
@@ -124,23 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = Logger(out / "bench.log")
-    with_peft = any(p.startswith(C.PEFT_PREFIX) for p in patterns)
+    every = [p for group in patterns.values() for p in group] if isinstance(patterns, dict) else patterns
+    with_peft = any(p.startswith(C.PEFT_PREFIX) for p in every)
     mode = args.isolation or ("subprocess" if args.device.startswith("cuda") else "forkserver")
     isolation = Isolation(mode, preload_modules(specs, peft=with_peft))
     isolation.start()  # the fork server imports while this process plans
     log(f"peft_core bench ({'quick' if quick else 'full'}): models {[s.name for s in specs]}, "
         f"batch {shape.batch}, seq {shape.seq_len}, target {shape.target_len}, warmup {warmup}, steps {steps}, "
         f"device {args.device}, {args.threads} threads, isolation {isolation.mode}")
-    configs, skips, unmatched = C.plan(specs, patterns, shape, warmup=warmup, steps=steps, device=args.device,
-                                       threads=args.threads)
+    configs, skips = C.plan(specs, patterns, shape, warmup=warmup, steps=steps, device=args.device,
+                            threads=args.threads)
     rows: list[dict[str, Any]] = [s.to_row() for s in skips]
-    for pattern in unmatched:
-        impl = "hf_peft" if pattern.startswith(C.PEFT_PREFIX) else "peft_core"
-        rows.append({"model": "(all)", "method": pattern, "impl": impl, "status": "skipped",
-                     "note": f"no preset registered at run time matches '{pattern}'"})
     for skip in skips:
         log(f"skip {skip.model} / {skip.method} [{skip.impl}]: {skip.reason}", console=False)
-    log(f"{len(configs)} configurations to measure, {len(skips) + len(unmatched)} skipped (reasons in the table)")
+    log(f"{len(configs)} configurations to measure, {len(skips)} skipped (reasons in the table)")
 
     from tqdm.auto import tqdm
 

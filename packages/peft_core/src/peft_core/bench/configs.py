@@ -10,9 +10,8 @@ Methods:
 * ``full``: every parameter trainable (full fine-tuning), AdamW; the reference of the ``/ full`` ratios;
 * ``frozen``: ``torch.no_grad()`` forward of the unmodified model in eval mode (the floor a side-tuning method
   can reach); the reference of the ``/ frozen`` ratios;
-* a registered preset (or bare method name): ``add_adapter(model, make_config(name))`` + ``mark_trainable(model)``;
-* ``unipt-vse-text`` / ``unipt-vse-image`` when no preset of that name is registered: the UniPT side network of
-  :mod:`peft_core.tuners.unipt` on the frozen backbone's hidden states (see :mod:`peft_core.bench.workloads`);
+* a registered preset (or bare method name): ``add_adapter(model, make_config(name))`` + ``mark_trainable(model)``
+  (side-tuning methods, UniPT and LST, are presets like the others: they run the backbone under ``no_grad``);
 * ``peft:NAME``: Hugging Face PEFT's implementation of the same method as preset ``NAME`` (LoRA, prefix, prompt
   tuning, IA3), see :mod:`peft_core.bench.peft_ref`.
 """
@@ -23,7 +22,7 @@ import copy
 import dataclasses
 import fnmatch
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +51,6 @@ class ModelSpec:
         image_size: image workloads: input side in pixels.
         vl_builder: builder of the VL variant used for presets that train a ``visual_embedding``
             (:func:`peft_core.zoo_vl.needs_vl_model`); ``None`` if there is none.
-        sides: built-in side-network methods defined on this backbone (used when no preset of that name exists).
         description: one line for the documentation.
     """
 
@@ -64,7 +62,6 @@ class ModelSpec:
     visual_tokens: int = 0
     image_size: int = 224
     vl_builder: str | None = None
-    sides: tuple[str, ...] = ()
     cache: bool = True
 
 
@@ -85,17 +82,16 @@ for _spec in (
               "T5-base, encoder input = text embeddings + 36 visual tokens (inputs_embeds), LM loss",
               visual_tokens=36, vl_builder="vl:t5-base"),
     ModelSpec("bert-base", "zoo:bert-base", "encoder", "bert",
-              "BERT-base (BertModel), loss = mean square of the last hidden states", sides=("unipt-vse-text",)),
+              "BERT-base (BertModel), loss = mean square of the last hidden states"),
     ModelSpec("clip-vit-b-32", "zoo:clip-vit-b-32", "clip", "clip",
               "CLIP ViT-B/32 (text + vision towers), contrastive loss, 224 px"),
     ModelSpec("vit-b-16", "zoo:vit-b-16", "image", "vit", "ViT-B/16 (transformers), 224 px"),
     ModelSpec("swin-b", "zoo:swin-b", "image", "swin", "Swin-B (timm), 224 px"),
     ModelSpec("resnext-101-32x8d", "zoo:resnext-101-32x8d", "image", "resnext",
-              "ResNeXt-101 32x8d (VSE-infty image backbone, timm), 512 px", image_size=512,
-              sides=("unipt-vse-image",)),
+              "ResNeXt-101 32x8d (VSE-infty image backbone, timm), 512 px", image_size=512),
     # small models: smoke runs and tests (same code paths, seconds instead of minutes)
     ModelSpec("toy-transformer", "tiny:toy-transformer", "torch", "torch",
-              "nn.TransformerEncoder d=32 (torch only), loss = mean square of the outputs", cache=False),
+              "nn.TransformerEncoderLayer x2, d=32 (torch only), loss = mean square of the outputs", cache=False),
     ModelSpec("tiny-bart-vl36", "tiny:bart", "seq2seq", "bart", "BART d=32, 2+2 layers, 36 visual tokens",
               visual_tokens=36, cache=False),
     ModelSpec("tiny-bert", "tiny:bert", "encoder", "bert", "BERT d=32, 2 layers", cache=False),
@@ -103,11 +99,19 @@ for _spec in (
     register_bench_model(_spec)
 
 
-QUICK_MODELS = ("bart-base-vl36", "bert-base")
-FULL_MODELS = ("bart-base-vl36", "t5-base-vl36", "bert-base", "clip-vit-b-32")
 QUICK_METHODS = ("full", "frozen", "lora", "houlsby", "bitfit", "prefix", "prompt", "unipt-vse-text", "lst*",
                  "peft:lora", "peft:prefix", "peft:prompt", "peft:ia3*")
-FULL_METHODS = ("full", "frozen", "*", "unipt-vse-text", "unipt-vse-image", "peft:*")
+"""Method patterns of ``--quick`` (per model: :data:`QUICK_SELECTION`)."""
+
+QUICK_SELECTION: dict[str, tuple[str, ...]] = {
+    "bart-base-vl36": QUICK_METHODS,
+    "bert-base": QUICK_METHODS,
+    "t5-base-vl36": ("full", "frozen", "lora", "lst*", "peft:lora"),  # LST's home architecture
+}
+"""``--quick``: models and their method patterns (without ``--methods``)."""
+
+FULL_MODELS = ("bart-base-vl36", "t5-base-vl36", "bert-base", "clip-vit-b-32")
+FULL_METHODS = ("full", "frozen", "*", "peft:*")
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class BenchConfig:
 
     model: str
     method: str
-    impl: str  # "reference" (full / frozen), "peft_core", "side" (built-in side network) or "hf_peft"
+    impl: str  # "reference" (full / frozen), "peft_core" or "hf_peft"
     batch: int
     seq_len: int
     target_len: int
@@ -150,8 +154,8 @@ class BenchConfig:
 
     @property
     def label(self) -> str:
-        impl = {"hf_peft": "HF PEFT", "side": "side"}.get(self.impl, "")
-        return f"{self.model}{' (VL)' if self.vl else ''} / {self.method}" + (f" [{impl}]" if impl else "")
+        impl = " [HF PEFT]" if self.impl == "hf_peft" else ""
+        return f"{self.model}{' (VL)' if self.vl else ''} / {self.method}{impl}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -187,7 +191,7 @@ def get_spec(name: str) -> ModelSpec:
 
 def select_models(names: Iterable[str] | None, quick: bool) -> list[ModelSpec]:
     """``None``: the mode's default list; ``all``: every real-size model."""
-    names = list(names) if names else list(QUICK_MODELS if quick else FULL_MODELS)
+    names = list(names) if names else list(QUICK_SELECTION if quick else FULL_MODELS)
     if names == ["all"]:
         names = [n for n, s in MODELS.items() if s.cache]
     return [get_spec(n) for n in names]
@@ -205,11 +209,10 @@ def family_mismatch(preset: str, spec: ModelSpec) -> str | None:
 def resolve_methods(patterns: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
     """Expand ``patterns`` over what is registered now: ``(methods, peft_methods, unmatched patterns)``.
 
-    ``methods`` are ``full`` / ``frozen`` / preset names / bare method names / built-in side networks; ``peft_methods``
+    ``methods`` are ``full`` / ``frozen`` / preset names / bare method names; ``peft_methods``
     are the preset names after ``peft:``. A pattern without wildcards may name a bare method (``prefix`` before a
     ``prefix`` preset exists uses :class:`PrefixConfig`'s defaults).
     """
-    from peft_core.bench.workloads import SIDE_METHODS
     from peft_core.registry import list_methods, list_presets
 
     presets = [p.name for p in list_presets()]
@@ -231,8 +234,6 @@ def resolve_methods(patterns: Iterable[str]) -> tuple[list[str], list[str], list
             continue
         found = [p for p in presets if fnmatch.fnmatchcase(p, pat)]
         if not wild and not found and pat in methods:
-            found = [pat]
-        if not is_peft and not wild and not found and pat in SIDE_METHODS:
             found = [pat]
         if not found:
             unmatched.append(pattern)
@@ -256,21 +257,26 @@ def default_threads() -> int:
     return max(1, min(8, cores - busy))
 
 
-def plan(specs: list[ModelSpec], patterns: Iterable[str], shape: Shape, **settings: Any
-         ) -> tuple[list[BenchConfig], list[Skip], list[str]]:
-    """The configurations to measure, the skipped pairs (with reasons) and the patterns that matched nothing.
+def plan(specs: list[ModelSpec], patterns: Iterable[str] | Mapping[str, Iterable[str]], shape: Shape,
+         **settings: Any) -> tuple[list[BenchConfig], list[Skip]]:
+    """The configurations to measure and the skipped pairs, each with its reason.
 
-    Applicability is checked on a ``meta``-device copy of each model (no memory, no weights): a preset whose targets
-    are not found (``TargetError``) or whose config is invalid for the model (``ValueError``) is skipped with that
-    message; any other error is left for the measurement to report.
+    ``patterns`` applies to every model, or maps a model name to its own patterns. A pattern that matches no
+    registered preset becomes a skipped row too. Applicability is checked on a ``meta``-device copy of each model
+    (no memory, no weights): a preset whose targets are not found (``TargetError``) or whose config is invalid for
+    the model (``ValueError``) is skipped with that message; any other error is left for the measurement to report.
     """
     from peft_core.bench import peft_ref
-    from peft_core.bench.workloads import SIDE_METHODS, build_model
+    from peft_core.bench.workloads import build_model
 
-    own, peft_names, unmatched = resolve_methods(patterns)
     configs: list[BenchConfig] = []
     skips: list[Skip] = []
     for spec in specs:
+        selected = patterns.get(spec.name, QUICK_METHODS) if isinstance(patterns, Mapping) else patterns
+        own, peft_names, unmatched = resolve_methods(selected)
+        for pattern in unmatched:
+            impl = "hf_peft" if pattern.startswith(PEFT_PREFIX) else "peft_core"
+            skips.append(Skip(spec.name, pattern, impl, f"no preset registered at run time matches '{pattern}'"))
         metas: dict[bool, Any] = {}
 
         def meta(vl: bool, spec: ModelSpec = spec, metas: dict[bool, Any] = metas) -> Any:
@@ -288,17 +294,10 @@ def plan(specs: list[ModelSpec], patterns: Iterable[str], shape: Shape, **settin
             if method in REFERENCES:
                 configs.append(make(method, "reference"))
                 continue
-            if method in SIDE_METHODS and not _is_registered(method):
-                if method in spec.sides:
-                    configs.append(make(method, "side"))
-                    applied[method] = True
-                else:
-                    skips.append(Skip(spec.name, method, "side", SIDE_METHODS[method].skip_reason))
-                continue
             other = family_mismatch(method, spec)
             if other is not None:
-                skips.append(Skip(spec.name, method, "peft_core", f"preset is for {other}, this model is "
-                                                                  f"{spec.family}"))
+                skips.append(Skip(spec.name, method, "peft_core",
+                                  f"preset is for {other}, this model is {spec.family}"))
                 continue
             vl, reason = check_applies(spec, method, meta)
             if reason is not None:
@@ -318,13 +317,7 @@ def plan(specs: list[ModelSpec], patterns: Iterable[str], shape: Shape, **settin
                 skips.append(Skip(spec.name, name, "hf_peft", reason))
                 continue
             configs.append(make(name, "hf_peft"))
-    return configs, skips, unmatched
-
-
-def _is_registered(name: str) -> bool:
-    from peft_core.registry import list_methods, list_presets
-
-    return name in {p.name for p in list_presets()} or name in list_methods()
+    return configs, skips
 
 
 def check_applies(spec: ModelSpec, method: str, meta: Any) -> tuple[bool, str | None]:

@@ -199,8 +199,6 @@ def prepare(spec: ModelSpec, cfg: BenchConfig, model: nn.Module) -> Any:
     if cfg.impl == "reference" and cfg.method == "full":
         model.requires_grad_(True)
         return Job(model, [p for p in model.parameters() if p.requires_grad], loss_of(model))
-    if cfg.impl == "side":
-        return workloads.SIDE_METHODS[cfg.method].build(spec, model)
     if cfg.impl == "hf_peft":
         from peft_core.bench import peft_ref
 
@@ -213,7 +211,7 @@ def prepare(spec: ModelSpec, cfg: BenchConfig, model: nn.Module) -> Any:
         add_adapter(model, make_config(cfg.method, **cfg.overrides))
         mark_trainable(model)
         return Job(model, [p for p in model.parameters() if p.requires_grad], loss_of(model))
-    raise ValueError(f"impl={cfg.impl!r} is not allowed; expected reference, peft_core, side or hf_peft")
+    raise ValueError(f"impl={cfg.impl!r} is not allowed; expected reference, peft_core or hf_peft")
 
 
 def dry_run(spec: ModelSpec, cfg: BenchConfig) -> None:
@@ -234,7 +232,8 @@ def dry_run(spec: ModelSpec, cfg: BenchConfig) -> None:
         if job.train and loss.requires_grad:
             loss.backward()
     except Exception as exc:  # some ops have no meta kernel: the imports done so far are what matters
-        print(f"dry run on meta stopped early (imports so far are done): {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+        print(f"dry run on meta stopped early (the imports so far are done): {type(exc).__name__}: {str(exc)[:200]}",
+              file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------------------- run
@@ -261,8 +260,6 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
     if job.train and optimizer is None:
         raise ValueError(f"{cfg.label}: the method leaves no trainable parameter")
     job.module.train(job.train)
-    if cfg.impl == "side":  # the frozen backbone stays in eval mode (frozen BatchNorm statistics, no dropout)
-        job.module["backbone"].eval()
 
     losses: list[float] = []
 

@@ -21,6 +21,7 @@ for BERT; PEFT has no such wrapper for CLIP or vision models, so those pairs are
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from torch import nn
@@ -38,11 +39,8 @@ FFN_SUFFIXES = ("fc1", "fc2", "wi", "wo", "intermediate.dense", "mlp.fc1", "mlp.
 
 
 def peft_available() -> bool:
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether ``peft`` is installed (without importing it: that imports transformers)."""
+    return importlib.util.find_spec("peft") is not None
 
 
 def unsupported(name: str, spec: ModelSpec | None = None) -> str | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from peft_core.io import atomic_write, atomic_write_text
 
-IMPL_LABELS = {"reference": "reference", "peft_core": "peft_core", "hf_peft": "HF PEFT", "side": "peft_core side"}
+IMPL_LABELS = {"reference": "reference", "peft_core": "peft_core", "hf_peft": "HF PEFT"}
 RATIO_FIELDS = ("mem_vs_full", "mem_vs_frozen", "time_vs_full", "time_vs_frozen")
 
 
@@ -193,7 +193,7 @@ def plot_memory_vs_trainable(rows: list[dict[str, Any]], path: Path, title: str 
     ok = [r for r in rows if r.get("status") == "ok" and r.get("mem_vs_full") is not None]
     models = list(dict.fromkeys(r["model"] + (" (VL)" if r.get("vl") else "") for r in ok))
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    markers = {"peft_core": "o", "side": "s", "hf_peft": "x", "reference": "^"}
+    markers = {"peft_core": "o", "hf_peft": "x", "reference": "^"}
     fig, ax = plt.subplots(figsize=(9, 6))
     seen: set[str] = set()
     for row in ok:

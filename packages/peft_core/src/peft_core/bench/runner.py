@@ -41,9 +41,9 @@ TRANSFORMERS_MODULES = {
 }
 
 
-def preload_modules(specs: Iterable[ModelSpec], peft: bool = True, side: bool = True) -> list[str]:
+def preload_modules(specs: Iterable[ModelSpec], peft: bool = True) -> list[str]:
     """Modules the fork server imports once: torch, peft_core, and what the selected models and methods need."""
-    mods = ["torch", "peft_core", "peft_core.tuners", "peft_core.report", "peft_core.bench.measure",
+    mods = ["torch", "torch._dynamo", "peft_core", "peft_core.tuners", "peft_core.report", "peft_core.bench.measure",
             "peft_core.bench.workloads"]
     for spec in specs:
         kind = spec.builder.split(":")[0]
@@ -53,8 +53,6 @@ def preload_modules(specs: Iterable[ModelSpec], peft: bool = True, side: bool = 
                 mods.append(TRANSFORMERS_MODULES[spec.family])
         if "timm" in spec.description:
             mods.append("timm")
-        if side and spec.sides:
-            mods.append("peft_core.tuners.unipt")
     if peft:
         mods += ["peft", "peft_core.bench.peft_ref"]
     return list(dict.fromkeys(mods))

@@ -1,4 +1,4 @@
-"""Models, inputs and the loss of one training step, per workload; the built-in side networks.
+"""Models, inputs and the loss of one training step, per workload.
 
 Workloads (random inputs from a fixed seed, the same for every method on a model):
 
@@ -13,10 +13,6 @@ Workloads (random inputs from a fixed seed, the same for every method on a model
   for a task loss: the memory and time of a step hardly depend on the head).
 * ``clip``: text ids + 224 px images, CLIP's contrastive loss (``return_loss=True``).
 * ``image``: images; loss = mean square of the model output. ``torch``: toy model on ids.
-
-Side networks (``SIDE_METHODS``, used when no preset of that name is registered): the backbone is frozen and run
-under ``torch.no_grad()`` (:func:`peft_core.tuners.unipt.run_frozen`); its hidden states are collected with forward
-hooks and fed to :class:`peft_core.tuners.unipt.UniPTSide`; only the side network is trained.
 """
 
 from __future__ import annotations
@@ -38,17 +34,22 @@ Batch = dict[str, torch.Tensor]
 
 # ------------------------------------------------------------------------------------------------- tiny models
 class ToyTransformer(nn.Module):
-    """Embedding + ``nn.TransformerEncoder`` (d=32, 2 layers, batch first): a torch-only model for smoke tests."""
+    """Embedding + ``nn.TransformerEncoderLayer`` blocks (d=32, 2 layers, batch first): a torch-only model for smoke
+    tests (a ``ModuleList``, not ``nn.TransformerEncoder``, whose constructor imports ``torch._dynamo``)."""
 
     def __init__(self, vocab: int = 100, dim: int = 32, layers: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        layer = nn.TransformerEncoderLayer(dim, 4, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, 4, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
+            for _ in range(layers))
         self.config = None
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.embed(input_ids))
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x)
+        return x
 
 
 def _tiny(name: str) -> Callable[[], nn.Module]:
@@ -209,7 +210,6 @@ def forward_loss(spec: ModelSpec, model: nn.Module, batch: Batch) -> torch.Tenso
     raise ValueError(f"workload {w!r} is not allowed; expected seq2seq, encoder, clip, image or torch")
 
 
-# ---------------------------------------------------------------------------------------------- side networks
 @dataclass
 class Job:
     """What one configuration trains: ``module`` (counted), ``params`` (optimised), ``loss(batch)``."""
@@ -218,61 +218,3 @@ class Job:
     params: list[nn.Parameter]
     loss: Callable[[Batch], torch.Tensor]
     train: bool = True
-
-
-@dataclass(frozen=True)
-class SideMethod:
-    """A side network measured on a backbone when no preset of the same name is registered."""
-
-    name: str
-    description: str
-    skip_reason: str
-    build: Callable[[ModelSpec, nn.Module], Job]
-
-
-def _unipt_vse_text(spec: ModelSpec, backbone: nn.Module) -> Job:
-    from peft_core.tuners.unipt import UniPTSide, collect_hidden_states, freeze, run_frozen, vse_text
-
-    cfg = backbone.config
-    layers = [f"encoder.layer.{i}" for i in range(cfg.num_hidden_layers)]
-    side = UniPTSide(vse_text(hidden_size=cfg.hidden_size, num_hidden_states=cfg.num_hidden_layers + 1))
-    freeze(backbone)
-    container = nn.ModuleDict({"backbone": backbone, "side": side})
-
-    def loss(batch: Batch) -> torch.Tensor:
-        with collect_hidden_states(backbone, layers, include_input=True) as states:
-            run_frozen(backbone, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        lengths = batch["attention_mask"].sum(dim=1)
-        return side(states, lengths=lengths).output.float().pow(2).mean()
-
-    return Job(container, list(side.parameters()), loss)
-
-
-def _unipt_vse_image(spec: ModelSpec, backbone: nn.Module) -> Job:
-    from peft_core.tuners.unipt import UniPTSide, collect_hidden_states, freeze, run_frozen, vse_image
-
-    layers = ["layer1", "layer2", "layer3", "layer4"]
-    sizes = [backbone.get_submodule(n)[-1].conv3.out_channels for n in layers]
-    side = UniPTSide(vse_image(hidden_sizes=sizes))
-    freeze(backbone)
-    container = nn.ModuleDict({"backbone": backbone, "side": side})
-    features = getattr(backbone, "forward_features", backbone)
-
-    def loss(batch: Batch) -> torch.Tensor:
-        with collect_hidden_states(backbone, layers) as states:
-            run_frozen(features, batch["pixel_values"])
-        return side(states).output.float().pow(2).mean()
-
-    return Job(container, list(side.parameters()), loss)
-
-
-SIDE_METHODS: dict[str, SideMethod] = {
-    "unipt-vse-text": SideMethod(
-        "unipt-vse-text", "UniPT side network on BERT-base's 13 hidden states (VSE-infty text tower), backbone "
-        "under no_grad", "the UniPT VSE text side network is defined on BERT-base's 13 hidden states",
-        _unipt_vse_text),
-    "unipt-vse-image": SideMethod(
-        "unipt-vse-image", "UniPT side network on ResNeXt-101 layer1..4 maps at 512 px (VSE-infty image tower), "
-        "backbone under no_grad", "the UniPT VSE image side network is defined on ResNeXt-101's four stages",
-        _unipt_vse_image),
-}

@@ -1,3 +1,17 @@
 """Built-in methods. Importing this package registers every method and preset."""
 
-from peft_core.tuners import bitfit, bottleneck, compacter, lora, lst, patt, unipt, vlpet, window_prefix  # noqa: F401
+from peft_core.tuners import (  # noqa: F401
+    bitfit,
+    bottleneck,
+    compacter,
+    lora,
+    lst,
+    moe,
+    patt,
+    pituning,
+    prefix,
+    prompt,
+    unipt,
+    vlpet,
+    window_prefix,
+)

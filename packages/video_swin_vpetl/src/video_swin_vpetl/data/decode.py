@@ -26,8 +26,8 @@ def resized_shape(height: int, width: int, short_side: int | None) -> tuple[int,
     if short_side is None:
         return height, width
     if height <= width:
-        return short_side, max(short_side, int(round(width * short_side / height)))
-    return max(short_side, int(round(height * short_side / width))), short_side
+        return short_side, max(short_side, round(width * short_side / height))
+    return max(short_side, round(height * short_side / width)), short_side
 
 
 def _read_pyav(path: Path, short_side: int | None) -> np.ndarray:

@@ -46,5 +46,5 @@ def evenly_spaced_clips(num_total: int, num_frames: int, sampling_rate: int, num
     if num_clips == 1:
         return [center_clip(num_total, num_frames, sampling_rate)]
     last = max_start(num_total, num_frames, sampling_rate)
-    starts = [int(round(i * last / (num_clips - 1))) for i in range(num_clips)]
+    starts = [round(i * last / (num_clips - 1)) for i in range(num_clips)]
     return [clip_indices(num_total, s, num_frames, sampling_rate) for s in starts]

@@ -45,7 +45,7 @@ def crop_offsets(length: int, size: int, num: int) -> list[int]:
     """``num`` crop offsets spread evenly over ``[0, length - size]`` (one crop: the centre)."""
     if num == 1:
         return [(length - size) // 2]
-    return [int(round(i * (length - size) / (num - 1))) for i in range(num)]
+    return [round(i * (length - size) / (num - 1)) for i in range(num)]
 
 
 def spatial_crops(clip: torch.Tensor, size: int, num_crops: int) -> list[torch.Tensor]:

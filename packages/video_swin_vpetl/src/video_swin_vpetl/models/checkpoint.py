@@ -58,13 +58,15 @@ class LoadReport:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"checkpoint {self.source}" + (f" [{self.wrapper}]" if self.wrapper else ""))
+        table = Table(title=f"checkpoint {self.source}" + (f" [{self.wrapper}]" if self.wrapper else ""),
+                      min_width=60)
         table.add_column("status")
         table.add_column("count", justify="right")
         table.add_column("keys")
         rows = [
             ("loaded", self.loaded, ""),
-            ("renamed (cls_head -> head)", list(self.renamed), ", ".join(f"{a} -> {b}" for a, b in self.renamed.items())),
+            ("renamed (cls_head -> head)", list(self.renamed),
+             ", ".join(f"{a} -> {b}" for a, b in self.renamed.items())),
             ("missing (model has, file lacks)", self.missing, ", ".join(self.missing)),
             ("method parameters (peft_core, not in file)", self.method_params, ""),
             ("unexpected (file has, model lacks)", self.unexpected, ", ".join(self.unexpected)),
@@ -88,7 +90,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str | No
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointLoadError(f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointLoadError(
+            f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})") from None
     return unwrap(data, str(path))
 
 

@@ -143,7 +143,7 @@ class SwinTransformerBlock3D(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def _window_attention(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, d, h, w, c = x.shape
+        b, d, h, w, _ = x.shape
         window, shift = get_window_size((d, h, w), self.window_size, self.shift_size)
         x = self.norm1(x)
         pads = [(-n) % win for n, win in zip((d, h, w), window, strict=True)]

@@ -34,6 +34,7 @@ typo).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -141,6 +142,12 @@ class _InterpolatedLayer(MethodLayer):
         self.logits = nn.Parameter(torch.tensor([float(v) for v in init]))
         self.train_experts = config.train_experts
 
+    def frozen_parameter_names(self) -> set[str]:
+        """Frozen experts stay frozen under :func:`peft_core.mark_trainable` (only the logits train)."""
+        if self.train_experts:
+            return set()
+        return {f"experts.{n}" for n, _ in self.experts.named_parameters()}
+
     def weights(self) -> torch.Tensor:
         """The interpolation weights ``softmax(logits)`` (N,)."""
         return F.softmax(self.logits, dim=-1)
@@ -234,8 +241,8 @@ class InterpolatedLoraLayer(_InterpolatedLayer):
 
     def attach(self, host: nn.Module) -> None:
         if self.kind is LoraMultiheadAttentionLayer:
-            add_param_delta(host, "in_proj_weight", self, lambda: self.delta_weight("in_proj"))
-            add_param_delta(host.out_proj, "weight", self, lambda: self.delta_weight("out_proj"))
+            add_param_delta(host, "in_proj_weight", self, functools.partial(self.delta_weight, "in_proj"))
+            add_param_delta(host.out_proj, "weight", self, functools.partial(self.delta_weight, "out_proj"))
         else:
             super().attach(host)
 
@@ -445,11 +452,22 @@ def interpolate_experts(model: nn.Module, experts: Sequence[str | Path | Mapping
     return record
 
 
+def _checkpoint_tensors(layer: nn.Module) -> dict[str, torch.Tensor]:
+    """What ``save_adapter`` writes for one expert layer: its parameters and persistent buffers."""
+    out: dict[str, torch.Tensor] = dict(layer.named_parameters())
+    for bname, b in layer.named_buffers():
+        owner, _, leaf = bname.rpartition(".")
+        if leaf not in (layer.get_submodule(owner) if owner else layer)._non_persistent_buffers_set:
+            out[bname] = b
+    return out
+
+
 def _load_experts(model: nn.Module, name: str, loaded: list[tuple[PetlConfig | None, dict, str]]) -> None:
     layers = list(iter_layers(model, name))
     plans: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for i, (_, state, source) in enumerate(loaded):
-        targets = {_host_prefix(h) + k: p for h, _, layer in layers for k, p in layer.experts[i].named_parameters()}
+        targets = {_host_prefix(h) + k: t for h, _, layer in layers
+                   for k, t in _checkpoint_tensors(layer.experts[i]).items()}
         missing = sorted(set(targets) - set(state))
         unexpected = sorted(set(state) - set(targets))
         if missing or unexpected:

@@ -38,7 +38,8 @@ from peft_core.tuners.prefix.config import PrefixConfig
 
 
 class PrefixMLP(nn.Module):
-    """The reparameterisation ``Embedding(L, d) -> Linear(d, proj) -> act -> Linear(proj, out)``.
+    """The reparameterisation ``out = W_2 act(W_1 E + b_1) + b_2``: ``Embedding(L, d) -> Linear(d, proj) -> act ->
+    Linear(proj, out)`` (OFA ``PromptEncoder`` with projection; VL-Adapter ``InputPrompts``).
 
     :meth:`forward` returns rows ``rows`` of the output features for all ``L`` positions, ``(L, len(rows))``.
     """
@@ -59,7 +60,15 @@ class PrefixMLP(nn.Module):
 
 
 class PrefixLayer(MethodLayer, KVExtension):
-    """Key/value prefix of one attention module (see the module docstring for the formulas).
+    """Key/value prefix of one attention module (a :class:`~peft_core.attention.KVExtension`)::
+
+        head_h = softmax(Q_h [P_k,h ; K_h]^T * scale + [0 ; mask]) [P_v,h ; V_h]
+        none:    P_k, P_v parameters (L, key_dim), (L, value_dim)
+        mlp:     [P_k | P_v] = W_2 act(W_1 E + b_1) + b_2            (rows [i 2d, (i+1) 2d) of a shared W_2)
+        hidden:  P_k = W_k norm(P) + b_k,  P_v = W_v norm(P) + b_v   (the host's frozen projections)
+
+    Li & Liang 2021; OFA ``PromptEncoder`` / ``get_encoder_prompt`` (TencentARC/pi-Tuning
+    ``OFA/models/ofa/unify_transformer.py``); Uni-Perceiver ``DeepPrompt`` (``transformer_encoder_layer.py``).
 
     Args:
         site: the host's :class:`~peft_core.attention.AttentionSite` (widths and projections).

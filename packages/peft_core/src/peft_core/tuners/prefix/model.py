@@ -31,17 +31,20 @@ def attention_kind(name: str, module: nn.Module) -> str:
     return "encoder_self"
 
 
-def _matches(name: str, spec: str | Sequence[str] | None) -> bool:
+def _excluded(model: nn.Module, spec: str | Sequence[str] | None) -> set[str]:
+    """Names matched by ``exclude_modules`` (the core's targeting semantics)."""
     if spec is None:
-        return False
-    if isinstance(spec, str):
-        return re.fullmatch(spec, name) is not None
-    return any(name == s or name.endswith("." + s) for s in spec)
+        return set()
+    try:
+        return {name for name, _ in find_targets(model, spec, what="prefix exclude_modules")}
+    except TargetError:
+        return set()
 
 
 def default_prefix_targets(model: nn.Module, config: PrefixConfig) -> list[tuple[str, nn.Module]]:
     """Every supported attention of the kinds in ``config.attentions`` (model order)."""
     found, rejected = [], []
+    excluded = _excluded(model, config.exclude_modules)
     for name, module in model.named_modules():
         try:
             describe_attention(module)
@@ -49,7 +52,7 @@ def default_prefix_targets(model: nn.Module, config: PrefixConfig) -> list[tuple
             if isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__:
                 rejected.append(f"{name or '(root)'} ({type(module).__name__}): {exc}")
             continue
-        if attention_kind(name, module) in config.attentions and not _matches(name, config.exclude_modules):
+        if attention_kind(name, module) in config.attentions and name not in excluded:
             found.append((name, module))
     if not found:
         raise TargetError(
@@ -77,6 +80,9 @@ def stack_key(name: str) -> str:
 
 
 class PrefixTuner(Tuner):
+    """Prefix tuning: one :class:`PrefixLayer` per targeted attention (``K' = [P_k ; K]``, ``V' = [P_v ; V]``); with
+    ``share_mlp`` one :class:`PrefixMLP` per stack of layers (OFA). Li & Liang 2021; pi-Tuning / OFA; Uni-Perceiver."""
+
     config_cls = PrefixConfig
 
     def plan(self, model: nn.Module, config: PrefixConfig) -> list[PlannedLayer]:
@@ -151,10 +157,20 @@ def collapse_prefix_mlp(model: nn.Module, name: str = "default") -> PrefixConfig
     return new
 
 
-@register_preset("prefix-ofa", "Prefix tuning as OFA / pi-Tuning: L=100, shared MLP per stack (proj 2d, ReLU), "
-                 "dropout 0.2, self-attention only", "TencentARC/pi-Tuning OFA/models/ofa/unify_transformer.py "
-                 "(pituning.md)")
+@register_preset("prefix-ofa", "Prefix tuning as pi-Tuning ran it on OFA: L=100 direct key/value prefixes (no "
+                 "projection; 2 L d per layer, 2.46M per side for OFA-Large), dropout 0.2, self-attention only",
+                 "TencentARC/pi-Tuning OFA/run_scripts/refcoco/train_refcoco_prefix.sh, "
+                 "OFA/models/ofa/unify_transformer.py (pituning.md)")
 def prefix_ofa(**kw: object) -> PrefixConfig:
+    return PrefixConfig(**{"num_virtual_tokens": 100, "reparameterization": "none", "dropout": 0.2,
+                           "attentions": ["encoder_self", "decoder_self"], **kw})
+
+
+@register_preset("prefix-ofa-projection", "OFA prefix with --encoder/decoder-prompt-projection: L=100, one MLP per "
+                 "stack Embedding(L, d) -> Linear(d, 2d) -> ReLU -> Linear(2d, layers * 2d), dropout 0.2, "
+                 "self-attention only", "TencentARC/pi-Tuning OFA/models/ofa/unify_transformer.py:PromptEncoder "
+                 "(pituning.md)")
+def prefix_ofa_projection(**kw: object) -> PrefixConfig:
     return PrefixConfig(**{"num_virtual_tokens": 100, "reparameterization": "mlp", "proj_factor": 2.0,
                            "activation": "relu", "share_mlp": True, "dropout": 0.2,
                            "attentions": ["encoder_self", "decoder_self"], **kw})

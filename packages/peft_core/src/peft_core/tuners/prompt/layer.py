@@ -47,7 +47,11 @@ def bind_kwargs(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict
 
 
 class PromptLayer(MethodLayer):
-    """Trainable input prompts prepended by a forward pre-hook on the module that embeds ``input_ids``.
+    """Trainable input prompts prepended by a forward pre-hook on the module that embeds ``input_ids``::
+
+        inputs_embeds' = [P ; E(x)],   attention_mask' = [1_L ; mask],   P = prompt  or  W_2 act(W_1 E_p + b_1) + b_2
+
+    Lester et al. 2021; VL-Adapter ``prompt/prompt_modeling.py:InputPrompts`` (MLP d -> 800 -> d, tanh).
 
     With ``positions="none"`` a forward hook on the encoder's absolute position embedding (``position_module``)
     shifts its output by ``L`` with zeros in front, so the prompts get no position embedding and the text keeps
@@ -135,8 +139,9 @@ class PromptLayer(MethodLayer):
 
 
 class PromptCrossMaskLayer(MethodLayer):
-    """On the decoder of an encoder-decoder model: prepend ``L`` ones to ``encoder_attention_mask`` when the encoder
-    states are ``L`` positions longer than it (they came from a prompted encoder). No parameters."""
+    """On the decoder of an encoder-decoder model: ``encoder_attention_mask' = [1_L ; encoder_attention_mask]`` when
+    the encoder states are ``L`` positions longer than the mask (they came from a prompted encoder), so
+    cross-attention sees the prompts as VL-Adapter's decoder does. No parameters."""
 
     def __init__(self, host: nn.Module, prompt_layer: PromptLayer) -> None:
         super().__init__()

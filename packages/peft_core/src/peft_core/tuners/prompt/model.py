@@ -63,6 +63,9 @@ def check_prompt_host(module: nn.Module, config: PromptConfig) -> nn.Module | No
 
 
 class PromptTuner(Tuner):
+    """Input prompt tuning: ``[P ; E(x)]`` into the text encoder, ``[1_L ; mask]`` for its mask and the decoder's
+    cross-attention mask. Lester et al. 2021; VL-Adapter ``InputPrompts``."""
+
     config_cls = PromptConfig
 
     def plan(self, model: nn.Module, config: PromptConfig) -> list[PlannedLayer]:
