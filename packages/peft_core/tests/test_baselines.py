@@ -45,7 +45,7 @@ def test_header_documents_every_dataset_and_split_name() -> None:
 
 def test_vl_pet_table2_content() -> None:
     rows = load_baselines("vl_pet")
-    assert len(rows) == 11 * 5 + 10 * 5 + 4 * 5 + 2
+    assert len(rows) == 11 * 5 + 10 * 5 + 4 * 5 + 2 + 11 + 10  # + the dataset-independent Params % rows
     lora = _one(rows, source="paper Table 2", backbone="bart-base", method="lora", dataset="vqa")
     assert (
         lora.split == "karpathy_test" and lora.trainable_percent == 5.93 and dict(lora.metrics) == {"vqa_score": 65.15}
@@ -62,8 +62,11 @@ def test_vl_pet_table2_content() -> None:
     bart = [r for r in rows if r.source == "paper Table 2" and r.backbone == "bart-base"]
     for method in {r.method for r in bart}:
         mine = [r for r in bart if r.method == method]
-        assert {r.dataset for r in mine} == {"vqa", "gqa", "nlvr2", "coco_caption", "average"}
-        assert len({r.trainable_percent for r in mine}) == 1
+        assert {r.dataset for r in mine} == {"vqa", "gqa", "nlvr2", "coco_caption", "average", "*"}
+        per_dataset = [r for r in mine if r.dataset != "*"]
+        [params] = [r for r in mine if r.dataset == "*"]  # the dataset-independent Params % row
+        assert len({r.trainable_percent for r in per_dataset}) == 1
+        assert params.metrics["params_percent"] == per_dataset[0].trainable_percent
 
 
 def test_other_tables_content() -> None:

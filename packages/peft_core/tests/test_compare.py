@@ -67,7 +67,8 @@ def test_other_dataset_is_flagged_not_compared() -> None:
     report = compare_runs([result, _result()], load_baselines())
     flagged, ok = report.runs
     assert report.flagged == [flagged] and ok.compared
-    assert not flagged.compared and flagged.rows == () and flagged.metrics == ()
+    # the task metric is never compared; only the dataset-independent Params % rows are
+    assert flagged.metrics == ("params_percent",) and all(c.row.dataset == "*" for c in flagged.rows)
     assert flagged.flag is not None
     assert flagged.flag.startswith(
         "FLAGGED: no upstream row for dataset=okvqa split=val backbone=bart-base (available: "
@@ -75,7 +76,8 @@ def test_other_dataset_is_flagged_not_compared() -> None:
     assert "vqa/karpathy_test/bart-base" in flagged.flag and "refcoco" not in flagged.flag  # same system only
     # same dataset but another split, or another backbone: also flagged
     for other in (_result(split="val"), _result(backbone="bart-large")):
-        assert not compare_runs([other], load_baselines("vl_pet")).runs[0].compared
+        [run] = compare_runs([other], load_baselines("vl_pet")).runs
+        assert run.flag is not None and "vqa_score" not in run.metrics
 
 
 def test_unknown_system_and_no_common_metric_are_flagged() -> None:

@@ -2,8 +2,9 @@
 
 A run is compared with the baseline rows of the same ``system`` whose ``backbone``, ``dataset`` and ``split`` match
 (see :meth:`BaselineRow.matches`); a run with no such row is FLAGGED and not compared. Deltas are
-``run - upstream``. Besides the run's own metrics, ``trainable_params`` and ``trainable_params_m`` are derived from
-the run's ``trainable_params`` field, so parameter-count tables (V-PETL, UniPT) compare without extra work.
+``run - upstream``. Besides the run's own metrics, ``trainable_params``, ``trainable_params_m`` and
+``params_percent`` are derived from the run's ``trainable_params`` / ``total_params`` fields, so parameter-count
+tables (V-PETL, UniPT, VL-PET's Params % column) compare without extra work.
 
 CLI: ``python -m peft_core compare RESULT.json [...] [--markdown] [--plot OUT.png] [--baselines DIR] [--strict]``
 (entry point :func:`compare_main`).
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peft_core.baselines import BaselineError, BaselineRow, load_baselines, normalize_name
+from peft_core.baselines import WILDCARD, BaselineError, BaselineRow, load_baselines, normalize_name
 from peft_core.results import RunResult, RunResultError
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
 DERIVED_METRICS: dict[str, Callable[[RunResult], float]] = {
     "trainable_params": lambda r: float(r.trainable_params),
     "trainable_params_m": lambda r: r.trainable_params / 1e6,
+    "params_percent": lambda r: r.trainable_percent,
 }
 """Metrics computed from a run's fields when its ``metrics`` does not give them."""
 
@@ -109,6 +111,20 @@ def _compare_one(result: RunResult, label: str, rows: Sequence[BaselineRow], sam
         available = sorted({f"{r.dataset}/{r.split}/{r.backbone}" for r in system_rows})
         flag = f"{FLAG}: no upstream row for {where} (available: {', '.join(available)})"
         return RunComparison(result, label, (), {}, (), flag)
+    # Dataset-independent rows (dataset "*": parameter counts) are left out when dataset-specific rows with task
+    # metrics match (their table is the comparison). When none matches, the run is flagged and only the
+    # dataset-independent rows are compared: task metrics are never set beside another dataset's numbers.
+    task_rows = [r for r in system_rows if r.dataset != WILDCARD]
+    task_matched = [r for r in matched if r.dataset != WILDCARD]
+    if any(m not in DERIVED_METRICS for r in task_matched for m in r.metrics):
+        matched = task_matched
+    task_flag = None
+    if task_rows and not task_matched:
+        available = sorted({f"{r.dataset}/{r.split}/{r.backbone}" for r in task_rows})
+        task_flag = (
+            f"{FLAG}: no upstream row for {where} (available: {', '.join(available)}); only dataset-independent "
+            "rows (parameter counts) are compared"
+        )
     if same_method_only:
         same = [r for r in matched if normalize_name(r.method) == normalize_name(result.method)]
         if not same:
@@ -140,7 +156,8 @@ def _compare_one(result: RunResult, label: str, rows: Sequence[BaselineRow], sam
             f"{FLAG}: no metric in common with the upstream rows for {where} "
             f"(upstream: {', '.join(metrics)}; run: {', '.join(result.metrics) or 'none'})"
         )
-    return RunComparison(result, label, tuple(metrics), run_values, tuple(comparisons), flag, tuple(notes))
+    return RunComparison(result, label, tuple(metrics), run_values, tuple(comparisons), flag or task_flag,
+                         tuple(notes))
 
 
 def compare_runs(

@@ -24,6 +24,7 @@ from typing import Any
 from peft_core.bench import configs as C
 from peft_core.bench import report
 from peft_core.bench.runner import Isolation, WeightCache, preload_modules
+from peft_core.io import atomic_write_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     env["settings"] = settings
     report.write_json(out / "results.json", rows, env)
     text = report.markdown_report(rows, env, settings)
-    (out / "results.md").write_text(text, encoding="utf-8")
+    atomic_write_text(out / "results.md", text)
     try:
         report.plot_memory_vs_trainable(rows, out / "memory_vs_trainable.png",
                                         f"peak memory vs trainable % (batch {shape.batch}, {args.device})")

@@ -92,8 +92,8 @@ for _spec in (
     # small models: smoke runs and tests (same code paths, seconds instead of minutes)
     ModelSpec("toy-transformer", "tiny:toy-transformer", "torch", "torch",
               "nn.TransformerEncoderLayer x2, d=32 (torch only), loss = mean square of the outputs", cache=False),
-    ModelSpec("tiny-bart-vl36", "tiny:bart", "seq2seq", "bart", "BART d=32, 2+2 layers, 36 visual tokens",
-              visual_tokens=36, cache=False),
+    ModelSpec("tiny-bart-vl8", "tiny:bart", "seq2seq", "bart",
+              "BART d=32, 2+2 layers (64 positions), 8 visual tokens", visual_tokens=8, cache=False),
     ModelSpec("tiny-bert", "tiny:bert", "encoder", "bert", "BERT d=32, 2 layers", cache=False),
 ):
     register_bench_model(_spec)

@@ -6,7 +6,8 @@ Workloads (random inputs from a fixed seed, the same for every method on a model
   ``E`` is the model's own token embedding (so full fine-tuning back-propagates into it) and ``V`` are 36 random
   ``d``-wide vectors standing for the output of a visual projection (the projection itself is not part of the
   benchmarked model, so it is the same for every method); ``attention_mask`` covers text + visual tokens;
-  ``labels`` of ``target_len`` tokens; loss = the model's LM cross-entropy. Presets that train a
+  ``labels`` of ``target_len`` tokens, ``decoder_input_ids`` = the labels shifted right after the decoder start
+  token; loss = the model's LM cross-entropy. Presets that train a
   ``visual_embedding`` run on the VL variant (:mod:`peft_core.zoo_vl`: VL-BART / VL-T5, 36 region features of
   2048 and their boxes through VL-Adapter's visual embedding).
 * ``encoder`` (BERT): ``input_ids`` + ``attention_mask``; loss = mean square of the last hidden states (a stand-in
@@ -142,7 +143,11 @@ def make_batch(spec: ModelSpec, cfg: BenchConfig, model: nn.Module, device: torc
         out["attention_mask"] = torch.ones(b, t, dtype=torch.long)
     if spec.workload == "seq2seq":
         vocab = _vocab_size(model, config)
-        out["labels"] = torch.randint(4, vocab, (b, cfg.target_len), generator=g)
+        labels = torch.randint(4, vocab, (b, cfg.target_len), generator=g)
+        start = getattr(config, "decoder_start_token_id", None)
+        start = start if start is not None else (getattr(config, "pad_token_id", None) or 0)
+        out["labels"] = labels
+        out["decoder_input_ids"] = torch.cat([torch.full((b, 1), start, dtype=labels.dtype), labels[:, :-1]], dim=1)
         v = spec.visual_tokens
         if cfg.vl:
             out["vis_feats"] = torch.randn(b, v, 2048, generator=g)
@@ -188,14 +193,15 @@ def forward_loss(spec: ModelSpec, model: nn.Module, batch: Batch) -> torch.Tenso
     """One forward pass of ``spec``'s workload on ``model`` (a plain, injected or PEFT-wrapped model) -> loss."""
     w = spec.workload
     if w == "seq2seq":
+        decoder = {"decoder_input_ids": batch["decoder_input_ids"], "labels": batch["labels"]}
         if "vis_feats" in batch:
             out = model(input_ids=batch["input_ids"], vis_feats=batch["vis_feats"], vis_pos=batch["vis_pos"],
-                        labels=batch["labels"])
+                        **decoder)
         else:
             text = model.get_input_embeddings()(batch["input_ids"])
             embeds = torch.cat([text, batch["visual"].to(text.dtype)], dim=1)
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-            out = model(inputs_embeds=embeds, attention_mask=mask, labels=batch["labels"])
+            out = model(inputs_embeds=embeds, attention_mask=mask, **decoder)
         return output_loss(out)
     if w == "encoder":
         return output_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
