@@ -3,6 +3,7 @@ process, the ratios, the JSON / Markdown / PNG writers and the command line. No 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -164,21 +165,28 @@ def test_json_and_plot_writers(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------------ command line
 def test_command_line_end_to_end(tmp_path: Path, capsys):
-    """Every configuration in a fresh forked process; outputs written; unknown patterns reported in the table."""
+    """Every configuration in a fresh forked process; outputs written; unknown patterns reported in the table;
+    Hugging Face PEFT's LoRA (when peft is installed) on the same modules as peft_core's."""
     pytest.importorskip("matplotlib")
-    code = bench_main(["--models", TOY, "--methods", "full", "frozen", "lora", "nothing-registered*",
+    with_peft = importlib.util.find_spec("peft") is not None
+    code = bench_main(["--models", TOY, "--methods", "full", "frozen", "lora", "nothing-registered*", "peft:lora",
                        "--batch", "2", "--seq-len", "6", "--warmup", "1", "--steps", "2", "--threads", "1",
                        "--out", str(tmp_path)])
     assert code == 0
     data = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["method"], r["impl"]): r for r in data["rows"]}
-    assert {k: r["status"] for k, r in rows.items() if r["status"] == "ok"} == {
-        ("frozen", "reference"): "ok", ("full", "reference"): "ok", ("lora", "peft_core"): "ok"}
+    expected = {("frozen", "reference"), ("full", "reference"), ("lora", "peft_core")}
+    assert {k for k, r in rows.items() if r["status"] == "ok"} == expected | ({("lora", "hf_peft")} if with_peft
+                                                                               else set())
     assert rows[("lora", "peft_core")]["mem_vs_full"] is not None
+    if with_peft:
+        assert rows[("lora", "hf_peft")]["trainable"] == rows[("lora", "peft_core")]["trainable"] > 0
+    else:
+        assert rows[("lora", "hf_peft")]["note"] == "peft is not installed (install the bench extra)"
     assert rows[("nothing-registered*", "peft_core")]["status"] == "skipped"
     assert rows[("nothing-registered*", "peft_core")]["model"] == TOY
     table = (tmp_path / "results.md").read_text()
     assert "nothing-registered*" in table and "| toy-transformer | lora | peft_core |" in table
     assert (tmp_path / "memory_vs_trainable.png").is_file() and (tmp_path / "bench.log").is_file()
-    assert len(list((tmp_path / "logs").iterdir())) == 3
+    assert len(list((tmp_path / "logs").iterdir())) == len(expected) + with_peft
     assert "| model | method | impl |" in capsys.readouterr().out

@@ -148,3 +148,29 @@ def test_config_files_overrides_and_errors(tmp_path: Path) -> None:
         load_config(None, ["model.head=mlp"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_torchrun_two_processes_shard_and_sum_the_counts(mp4_dataset: Path, tmp_path: Path) -> None:
+    """DDP on the CPU (gloo): 2 processes, DistributedSampler for training, evaluation sharded without padding and
+    the counts summed: every readable test video counted exactly once, the unreadable one listed once."""
+    import os
+    import subprocess
+    import sys
+
+    lines = [*(mp4_dataset / "test.csv").read_text().splitlines(), f"{tmp_path / 'absent.mp4'},1"]
+    (tmp_path / "test.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "video_swin_vpetl", "train", "model.arch=video-swin-micro", "data.dataset=synthetic",
+           f"data.root={mp4_dataset}", f"data.test_list={tmp_path / 'test.csv'}", f"data.video_root={mp4_dataset}",
+           "data.input_size=32", "data.train_short_side=36", "data.test_clips=2", "data.num_workers=0",
+           "method.recipe=patt-kv-8", "optim.batch_size=2", "optim.epochs=1", "optim.lr=0.05",
+           f"run.output_dir={out}", "run.progress=false", "run.device=cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = RunResult.read(out / "result.json")
+    assert result.extra["world_size"] == 2
+    assert result.extra["num_videos"] == 4
+    assert [Path(u["path"]).name for u in result.extra["unreadable_videos"]] == ["absent.mp4"]
+    assert result.extra["history"][0]["steps"] == 2  # 8 videos / (batch 2 x 2 processes)

@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "results.json", json.dumps(rows, indent=2))
     atomic_write_text(args.out / "table.txt", table + "\n")
     paths = write_run_results(rows, methods, args.out, args.seed)
+    command = "python -m peft_core compare " + " ".join(map(str, paths))
     print(f"\nwrote {args.out / 'results.json'}, {args.out / 'table.txt'} and {len(paths)} result files; compare the "
-          f"real-size parameter counts with VL-PET Table 2:\n  python -m peft_core compare {' '.join(map(str, paths))}")
+          f"real-size parameter counts with VL-PET Table 2:\n  {command}")
     return 0
 
 

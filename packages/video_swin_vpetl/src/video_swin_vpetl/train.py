@@ -38,10 +38,10 @@ from video_swin_vpetl.checkpointing import (
     save_checkpoint,
     trainable_state,
 )
-from video_swin_vpetl.config import TrainConfig, apply_overrides, dump_yaml, from_dict
+from video_swin_vpetl.config import ConfigError, TrainConfig, apply_overrides, dump_yaml, from_dict
 from video_swin_vpetl.data.datasets import ClipSpec, VideoDataset
 from video_swin_vpetl.data.lists import NUM_CLASSES, VideoRecord, read_list
-from video_swin_vpetl.distributed import DistInfo, ShardSampler, barrier, init_distributed, shutdown
+from video_swin_vpetl.distributed import DistInfo, ShardSampler, barrier, gather_lists, init_distributed, shutdown
 from video_swin_vpetl.engine import EvalResult, LrPlan, evaluate, train_one_epoch
 from video_swin_vpetl.reporting import make_result, peak_memory_mb, result_table
 from video_swin_vpetl.schedule import scaled_lr
@@ -184,8 +184,8 @@ def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
     train_loader = DataLoader(train_set, batch_size=config.optim.batch_size, sampler=sampler, drop_last=True,
                               num_workers=d.num_workers, pin_memory=device.type == "cuda", generator=loader_gen)
     if len(train_loader) == 0:
-        raise ValueError(f"{list_path(config, d.train_list)}: {len(train_records)} videos give no full batch of "
-                         f"optim.batch_size={config.optim.batch_size} x {info.world_size} processes; lower batch_size")
+        raise ConfigError(f"{list_path(config, d.train_list)}: {len(train_records)} videos give no full batch of "
+                          f"optim.batch_size={config.optim.batch_size} x {info.world_size} processes; lower it")
     val_loader = eval_loader(val_records, config, "val", info, device)
 
     lr = config.optim.lr if config.optim.lr is not None else scaled_lr(config.optim.blr, config.optim.batch_size,
@@ -213,7 +213,8 @@ def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
         optimizer.load_state_dict(payload["optimizer"])
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
-        restore_rng(payload["rng"])
+        per_rank = payload.get("rng_per_rank") or []
+        restore_rng(per_rank[info.rank] if len(per_rank) == info.world_size else payload["rng"])
         start_epoch, best, history = payload["epoch"] + 1, payload["best"], payload["history"]
         elapsed_before = float(payload.get("elapsed_s", 0.0))
         extra.update(payload.get("extra", {}))
@@ -254,10 +255,11 @@ def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
         history.append(row)
         log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in row.items() if k != "epoch"))
+        rng_per_rank = gather_lists([capture_rng()], info)  # every process's RNG state (drop path differs)
         if info.is_main:
             payload = _payload(built, config, optimizer, scaler, epoch, (epoch + 1) * len(train_loader), best,
                                history, elapsed_before + time.time() - started)
-            payload["extra"] = extra
+            payload["extra"], payload["rng_per_rank"] = extra, rng_per_rank
             if improved:
                 save_checkpoint(out / BEST, payload)
             save_checkpoint(out / LAST, payload)

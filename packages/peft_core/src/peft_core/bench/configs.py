@@ -43,7 +43,7 @@ class ModelSpec:
     Attributes:
         name: benchmark name (``--models``).
         builder: ``zoo:NAME`` (:mod:`peft_core.zoo`), ``vl:NAME`` (:mod:`peft_core.zoo_vl`, VL-BART / VL-T5 with the
-            VL-Adapter visual embedding) or ``tiny:NAME`` (small models of :mod:`peft_core.bench.workloads`).
+            VL-Adapter visual embedding) or ``tiny:NAME`` (``toy-transformer`` or a :mod:`peft_core.testing` model).
         workload: ``seq2seq`` (text + visual tokens -> labels, LM loss), ``encoder`` (ids -> hidden states),
             ``clip`` (contrastive loss on text + image), ``image`` (pixels -> features), ``torch`` (ids -> features).
         family: architecture token (``bart``, ``t5``, ``bert``, ...), for presets named after a family.
@@ -52,6 +52,7 @@ class ModelSpec:
         vl_builder: builder of the VL variant used for presets that train a ``visual_embedding``
             (:func:`peft_core.zoo_vl.needs_vl_model`); ``None`` if there is none.
         description: one line for the documentation.
+        cache: real-size model: built once per run, its saved weights shared by the measuring processes.
     """
 
     name: str
@@ -111,7 +112,8 @@ QUICK_SELECTION: dict[str, tuple[str, ...]] = {
 """``--quick``: models and their method patterns (without ``--methods``)."""
 
 FULL_MODELS = ("bart-base-vl36", "t5-base-vl36", "bert-base", "clip-vit-b-32")
-FULL_METHODS = ("full", "frozen", "*", "peft:*")
+FULL_METHODS = ("full", "frozen", "*", "prefix", "prompt", "peft:*", "peft:prefix", "peft:prompt")
+"""Full mode: every registered preset (plus the plain prefix / prompt methods) and every PEFT counterpart."""
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,12 @@ def resolve_methods(patterns: Iterable[str]) -> tuple[list[str], list[str], list
     """Expand ``patterns`` over what is registered now: ``(methods, peft_methods, unmatched patterns)``.
 
     ``methods`` are ``full`` / ``frozen`` / preset names / bare method names; ``peft_methods``
-    are the preset names after ``peft:``. A pattern without wildcards may name a bare method (``prefix`` before a
-    ``prefix`` preset exists uses :class:`PrefixConfig`'s defaults).
+    are the preset names after ``peft:``. A pattern without wildcards may name a bare method (``prefix`` without a
+    ``prefix`` preset uses :class:`PrefixConfig`'s defaults). A ``peft:`` pattern with wildcards selects only presets
+    of a method Hugging Face PEFT implements (``peft:*``); a name without wildcards is kept (and skipped with the
+    reason if PEFT has no such method).
     """
+    from peft_core.bench.peft_ref import METHODS as PEFT_METHODS
     from peft_core.registry import list_methods, list_presets
 
     presets = [p.name for p in list_presets()]
@@ -235,11 +240,22 @@ def resolve_methods(patterns: Iterable[str]) -> tuple[list[str], list[str], list
         found = [p for p in presets if fnmatch.fnmatchcase(p, pat)]
         if not wild and not found and pat in methods:
             found = [pat]
+        if is_peft and wild:
+            found = [p for p in found if _method_of(p) in PEFT_METHODS]
         if not found:
             unmatched.append(pattern)
         for name in found:
             add(peft if is_peft else own, name)
     return own, peft, unmatched
+
+
+def _method_of(name: str) -> str | None:
+    from peft_core.registry import make_config
+
+    try:
+        return make_config(name).method
+    except (ValueError, TypeError):
+        return None
 
 
 def default_threads() -> int:
@@ -354,6 +370,6 @@ def _needs_vl(config: Any) -> bool:
     return needs_vl_model(config)
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
+def _first_line(exc: BaseException, limit: int = 240) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -9,9 +9,10 @@ method      PEFT config
 lora        ``LoraConfig(r, lora_alpha=alpha, lora_dropout=dropout, target_modules=<the exact modules the
             peft_core preset targets on this model>)``
 prefix      ``PrefixTuningConfig(num_virtual_tokens=L, prefix_projection=<reparameterization == "mlp">,
-            encoder_hidden_size=<MLP width>)`` (``space="kv"`` presets only). PEFT places the prefixes itself: on
-            every layer it passes ``past_key_values`` to (for BART / T5 the decoder's self- and cross-attention)
-prompt      ``PromptTuningConfig(num_virtual_tokens=L)`` (presets without the MLP reparameterisation)
+            encoder_hidden_size=<MLP width>)`` (``space="kv"`` presets only). PEFT places the prefixes itself, as
+            ``past_key_values``: for BART / T5 one set per decoder layer, used by its self- and cross-attention
+prompt      ``PromptTuningConfig(num_virtual_tokens=L)`` (presets without the MLP reparameterisation); for BART / T5
+            PEFT allocates ``2 L`` vectors and prepends the first ``L`` to the encoder input
 ia3         ``IA3Config(target_modules=<the same modules>, feedforward_modules=<those of them in the FFN>)``
 ==========  =====================================================================================================
 

@@ -184,39 +184,50 @@ def markdown_report(rows: list[dict[str, Any]], env: dict[str, Any], settings: d
 
 # ---------------------------------------------------------------------------------------------------------- plot
 def plot_memory_vs_trainable(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Peak memory / full fine-tuning (y) against trainable % (x, log); frozen forward as a dashed floor per model."""
+    """Two panels against trainable % (log x): peak memory / full fine-tuning, and peak memory / frozen forward (log
+    y). One colour per model; peft_core dots, Hugging Face PEFT crosses, full fine-tuning triangles; the frozen
+    forward is a dashed line per model (the floor)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if r.get("status") == "ok" and r.get("mem_vs_full") is not None]
-    models = list(dict.fromkeys(r["model"] + (" (VL)" if r.get("vl") else "") for r in ok))
+    models = list(dict.fromkeys(_model_label(r) for r in ok))
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     markers = {"peft_core": "o", "hf_peft": "x", "reference": "^"}
-    fig, ax = plt.subplots(figsize=(9, 6))
-    seen: set[str] = set()
-    for row in ok:
-        model = row["model"] + (" (VL)" if row.get("vl") else "")
-        if row.get("method") == "frozen" and row.get("impl") == "reference":
-            ax.axhline(row["mem_vs_full"], color=colors[model], linestyle="--", linewidth=1,
-                       label=f"{model}: frozen forward")
-            continue
-        pct = max(float(row.get("trainable_percent") or 0.0), 1e-4)
-        impl = row.get("impl", "peft_core")
-        label = f"{model}: {IMPL_LABELS.get(impl, impl)}"
-        ax.scatter(pct, row["mem_vs_full"], color=colors[model], marker=markers.get(impl, "o"), s=36,
-                   label=None if label in seen else label)
-        seen.add(label)
-        name = row["method"] + (" (PEFT)" if impl == "hf_peft" else "")
-        ax.annotate(name, (pct, row["mem_vs_full"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("trainable parameters (% of all parameters, log scale)")
-    ax.set_ylabel("peak training memory / full fine-tuning")
-    ax.set_title(title or "Peak memory vs trainable parameters")
-    ax.grid(True, which="both", alpha=0.3)
-    if ok:
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5))
+    panels = (("mem_vs_full", "peak training memory / full fine-tuning", False),
+              ("mem_vs_frozen", "peak training memory / frozen no-grad forward", True))
+    for ax, (key, ylabel, log_y) in zip(axes, panels):
+        for row in ok:
+            model, value = _model_label(row), row.get(key)
+            if value is None:
+                continue
+            if row.get("method") == "frozen" and row.get("impl") == "reference":
+                ax.axhline(value, color=colors[model], linestyle="--", linewidth=1, label=f"{model}: frozen forward")
+                continue
+            pct = max(float(row.get("trainable_percent") or 0.0), 1e-4)
+            impl = row.get("impl", "peft_core")
+            ax.scatter(pct, value, color=colors[model], marker=markers.get(impl, "o"), s=30,
+                       label=f"{model}: {IMPL_LABELS.get(impl, impl)}")
+            name = row["method"] + (" (PEFT)" if impl == "hf_peft" else "")
+            ax.annotate(name, (pct, value), textcoords="offset points", xytext=(3, 2), fontsize=6, alpha=0.8)
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel("trainable parameters (% of all parameters, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        fig.legend(unique.values(), unique.keys(), fontsize=7, loc="lower center", ncol=min(4, len(unique)))
+    fig.suptitle(title or "Peak training memory vs trainable parameters")
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * ((len(unique) - 1) // 4), 1, 1))
     atomic_write(Path(path), lambda p: fig.savefig(p, dpi=150, format="png"))
     plt.close(fig)
+
+
+def _model_label(row: dict[str, Any]) -> str:
+    return row["model"] + (" (VL)" if row.get("vl") else "")
