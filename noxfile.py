@@ -68,6 +68,13 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "peft_core.demo", *session.posargs, env=THREADS)
 
 
+@nox.session(name="demo-video_swin_vpetl", python=PYTHON)
+def demo_video(session: nox.Session) -> None:
+    """Video Swin + PATT vs full fine-tuning on synthetic moving-shape videos (a few minutes on 2 CPUs)."""
+    sync(session, "video_swin_vpetl")
+    session.run("video-swin-vpetl", "demo", *session.posargs, env=THREADS)
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Trainable parameters, peak memory and step time as ratios (nox -s bench -- --quick)."""
