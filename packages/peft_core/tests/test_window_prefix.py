@@ -17,7 +17,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from common import Case, PetlCommonTests
+from common import Case, PetlCommonTests, ToyWindowAttention3D
 from peft_core import (
     TargetError,
     adapter_records,
@@ -83,36 +83,6 @@ def tiny_swin(seed: int = 0) -> nn.Module:
 
 def images(seed: int = 0, dtype: torch.dtype = DT) -> torch.Tensor:
     return torch.randn(2, 3, 56, 56, dtype=dtype, generator=torch.Generator().manual_seed(seed))
-
-
-class ToyWindowAttention3D(nn.Module):
-    """A Video-Swin-like WindowAttention3D (same attribute names), window (2, 3, 3), index sliced to N."""
-
-    def __init__(self, dim: int = 16, heads: int = 2, window: tuple[int, int, int] = (2, 3, 3)) -> None:
-        super().__init__()
-        self.num_heads = heads
-        self.scale = (dim // heads) ** -0.5
-        size = window[0] * window[1] * window[2]
-        span = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
-        self.relative_position_bias_table = nn.Parameter(torch.randn(span, heads) * 0.1)
-        self.register_buffer("relative_position_index", torch.randint(0, span, (size, size)), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.attn_drop = nn.Dropout(0.0)
-        self.proj_drop = nn.Dropout(0.0)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b_, n, c = x.shape
-        qkv = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        idx = self.relative_position_index[:n, :n].reshape(-1)
-        attn = attn + self.relative_position_bias_table[idx].reshape(n, n, -1).permute(2, 0, 1)[None]
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = (attn.view(b_ // nw, nw, self.num_heads, n, n) + mask[None, :, None]).view(-1, self.num_heads, n, n)
-        attn = self.attn_drop(attn.softmax(-1))
-        return self.proj_drop(self.proj((attn @ v).transpose(1, 2).reshape(b_, n, c)))
 
 
 def shift_like_mask(nw: int, n: int, seed: int = 0) -> torch.Tensor:

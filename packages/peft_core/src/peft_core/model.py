@@ -207,19 +207,23 @@ def adapter_parameters(model: nn.Module, name: str | None = None) -> dict[str, n
     """Parameters owned by adapter ``name`` (all adapters if None), keyed by their model names."""
     out: dict[str, nn.Parameter] = {}
     for host_name, _, layer in iter_layers(model, name):
-        prefix = f"{PETL_ATTR}.{layer.adapter_name}."
-        prefix = f"{host_name}.{prefix}" if host_name else prefix
+        prefix = _layer_prefix(host_name, layer)
         for pname, p in layer.named_parameters():
             out[prefix + pname] = p
     return out
+
+
+def _layer_prefix(host_name: str, layer: MethodLayer) -> str:
+    """The model-level name prefix of a layer's tensors: ``<host>.petl.<adapter>.``."""
+    prefix = f"{PETL_ATTR}.{layer.adapter_name}."
+    return f"{host_name}.{prefix}" if host_name else prefix
 
 
 def adapter_buffers(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:
     """Persistent buffers owned by adapter ``name`` (e.g. BatchNorm statistics of a side network)."""
     out: dict[str, torch.Tensor] = {}
     for host_name, _, layer in iter_layers(model, name):
-        prefix = f"{PETL_ATTR}.{layer.adapter_name}."
-        prefix = f"{host_name}.{prefix}" if host_name else prefix
+        prefix = _layer_prefix(host_name, layer)
         for bname, b in layer.named_buffers():
             owner, _, leaf = bname.rpartition(".")
             module = layer.get_submodule(owner) if owner else layer
