@@ -151,7 +151,6 @@ def test_markdown_table_has_every_row_and_reasons():
 
 
 def test_json_and_plot_writers(tmp_path: Path):
-    pytest.importorskip("matplotlib")
     rows = report.add_ratios([_row("full", "reference", 400.0, 2.0, 100.0), _row("frozen", "reference", 100, .5, 0),
                               _row("lora", "peft_core", 200.0, 1.0, 0.5), _row("lora", "hf_peft", 300, 1.5, 0.5)])
     env = report.environment("cpu", 1, "forkserver")
@@ -167,7 +166,6 @@ def test_json_and_plot_writers(tmp_path: Path):
 def test_command_line_end_to_end(tmp_path: Path, capsys):
     """Every configuration in a fresh forked process; outputs written; unknown patterns reported in the table;
     Hugging Face PEFT's LoRA (when peft is installed) on the same modules as peft_core's."""
-    pytest.importorskip("matplotlib")
     with_peft = importlib.util.find_spec("peft") is not None
     code = bench_main(["--models", TOY, "--methods", "full", "frozen", "lora", "nothing-registered*", "peft:lora",
                        "--batch", "2", "--seq-len", "6", "--warmup", "1", "--steps", "2", "--threads", "1",

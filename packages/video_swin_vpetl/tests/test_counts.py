@@ -38,7 +38,6 @@ def test_head_only_and_full() -> None:
     assert full.trainable == full.total == 87_638_984 + 52_275
 
 
-@pytest.mark.skipif(not (BASELINES / "v_petl.toml").is_file(), reason="shared/baselines not in this checkout")
 def test_every_v_petl_baseline_row() -> None:
     """Each row of shared/baselines/v_petl.toml is reproduced by the matching recipe (rounded as published)."""
     from peft_core.baselines import load_baselines
