@@ -13,8 +13,9 @@ import torch
 from peft_core.bench import configs as C
 from peft_core.bench import report
 from peft_core.bench.cli import main as bench_main
-from peft_core.bench.measure import CpuMemoryProbe, run_config, run_safely
+from peft_core.bench.measure import run_config, run_safely
 from peft_core.bench.runner import Isolation
+from peft_core.memory import CpuMemoryProbe
 
 TOY = "toy-transformer"
 

@@ -52,16 +52,24 @@ def ref_adapter(x, down_w, down_b, up_w, up_b):
     return F.linear(torch.tanh(F.linear(x, down_w, down_b)), up_w, up_b)
 
 
+def ref_patt_qkv(attn, x, *, w, s, mode):
+    """q, k, v (B, H, N, d) of a fused-qkv attention with the PATT update ``+ s * slice`` on the mode's letters."""
+    b, n, c = x.shape
+    h = attn.num_heads
+    qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
+    qkv = {"q": qkv[0], "k": qkv[1], "v": qkv[2]}
+    letters = mode.removeprefix("patt_")
+    ad = ref_adapter(x, **w).reshape(b, n, len(letters), h, c // h).permute(2, 0, 3, 1, 4)
+    for i, letter in enumerate(letters):
+        qkv[letter] = qkv[letter] + s * ad[i]
+    return qkv
+
+
 def ref_window_attention_patt(attn, x, mask=None, *, w, s, mode):
     """exact_formulas.md vpetl_window_attention_patt_kv, with the adapter output split over the mode's letters."""
     b_, n, c = x.shape
     h = attn.num_heads
-    qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(b_, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-    qkv = {"q": qkv[0], "k": qkv[1], "v": qkv[2]}
-    letters = mode.removeprefix("patt_")
-    ad = ref_adapter(x, **w).reshape(b_, n, len(letters), h, c // h).permute(2, 0, 3, 1, 4)
-    for i, letter in enumerate(letters):
-        qkv[letter] = qkv[letter] + s * ad[i]
+    qkv = ref_patt_qkv(attn, x, w=w, s=s, mode=mode)
     q, k, v = qkv["q"], qkv["k"], qkv["v"]
     q = q * (c // h) ** -0.5
     a = q @ k.transpose(-2, -1)
@@ -79,13 +87,7 @@ def ref_window_attention_patt(attn, x, mask=None, *, w, s, mode):
 def ref_vit_attention_patt(attn, x, *args, w, s, mode, **kwargs):
     """timm ViT attention (no mask, no qk-norm) with the PATT update on the [q | k | v] reshaped projection."""
     b, n, c = x.shape
-    h = attn.num_heads
-    qkv = F.linear(x, attn.qkv.weight, attn.qkv.bias).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-    qkv = {"q": qkv[0], "k": qkv[1], "v": qkv[2]}
-    letters = mode.removeprefix("patt_")
-    ad = ref_adapter(x, **w).reshape(b, n, len(letters), h, c // h).permute(2, 0, 3, 1, 4)
-    for i, letter in enumerate(letters):
-        qkv[letter] = qkv[letter] + s * ad[i]
+    qkv = ref_patt_qkv(attn, x, w=w, s=s, mode=mode)
     a = ((qkv["q"] * attn.scale) @ qkv["k"].transpose(-2, -1)).softmax(-1)
     out = (a @ qkv["v"]).transpose(1, 2).reshape(b, n, c)
     return F.linear(out, attn.proj.weight, attn.proj.bias)

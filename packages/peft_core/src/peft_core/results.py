@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from peft_core.io import atomic_write_text
 
 __all__ = ["RUN_RESULT_JSON_SCHEMA", "SCHEMA_VERSION", "RunResult", "RunResultError"]
 
@@ -223,20 +223,9 @@ class RunResult:
         return cls.from_dict(data, source)
 
     def write(self, path: Path | str) -> Path:
-        """Write the result atomically (temporary file in the same directory, then ``os.replace``)."""
+        """Write the result atomically (:func:`peft_core.io.atomic_write_text`: temporary file, then rename)."""
         path = Path(path)
-        text = self.to_json() + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, self.to_json() + "\n")
         return path
 
     @classmethod

@@ -1,10 +1,10 @@
 """Peak memory of one training step (forward, backward, SGD-momentum step) per recipe, one subprocess each.
 
-CPU method: in a fresh process the model is built and the recipe applied; the resident set size is read
-(``VmRSS``), the kernel's peak RSS counter is reset (``echo 5 > /proc/self/clear_refs``), one training step runs, and
-the peak RSS of the step is read back (``VmHWM``). ``step_peak - before`` is the memory the step added: activations
-kept for backward, gradients and the optimizer's momentum buffers. CUDA: ``torch.cuda.max_memory_allocated``
-around the step (after ``reset_peak_memory_stats``).
+Method (:mod:`peft_core.memory`, shared with ``nox -s bench``): in a fresh process the model is built and the recipe
+applied; the resident set size is read, the kernel's peak RSS counter is reset (``/proc/self/clear_refs``), one
+training step runs, and the peak RSS of the step is read back (``VmHWM``). ``step_peak - before`` is the memory the
+step added: activations kept for backward, gradients and the optimizer's momentum buffers. CUDA:
+``torch.cuda.max_memory_allocated`` around the step (after ``reset_peak_memory_stats``).
 
     video-swin-vpetl memory --recipes patt-kv-128,full --arch video-swin-b --frames 8 --size 224 --batch 1
 """
@@ -17,19 +17,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def measure_step(recipe: str, arch: str, frames: int, size: int, batch: int, classes: int, device: str) -> dict:
     """Run in the current process: build, apply ``recipe``, one training step; memory in MiB."""
     import torch
+    from peft_core.memory import make_probe
     from torch.nn import functional as F
 
     from video_swin_vpetl.methods import apply_recipe, build_recipe
@@ -45,25 +38,18 @@ def measure_step(recipe: str, arch: str, frames: int, size: int, batch: int, cla
     y = torch.zeros(batch, dtype=torch.long, device=device)
     out: dict = {"recipe": recipe, "arch": arch, "input": [batch, 3, frames, size, size], "device": device,
                  "trainable": report.trainable, "total": report.total}
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        before = _status_kib("VmRSS") * 1024
-        Path("/proc/self/clear_refs").write_text("5")
+    probe = make_probe(torch.device(device))
+    before = probe.current()
+    probe.start_window()
     start = time.perf_counter()
     loss = F.cross_entropy(model(x), y)
     loss.backward()
     optimizer.step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _status_kib("VmHWM") * 1024
+    probe.sync()
+    peak = probe.peak()
     out.update(step_s=time.perf_counter() - start, before_mib=before / 2**20, peak_mib=peak / 2**20,
                step_mib=(peak - before) / 2**20,
-               method="cuda max_memory_allocated" if device.startswith("cuda") else "RSS (VmHWM after clear_refs)")
+               method=probe.method)
     return out
 
 

@@ -32,16 +32,12 @@ Where ``/proc/self/clear_refs`` cannot be written (not Linux), a thread samples 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import math
 import os
 import platform
 import statistics
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -51,125 +47,10 @@ import torch
 from torch import nn
 
 from peft_core.bench.configs import BenchConfig, ModelSpec, get_spec
+from peft_core.memory import make_probe
 
 RESULT_MARK = "BENCH_RESULT "
 MIB = 1024 * 1024
-
-
-# ------------------------------------------------------------------------------------------------------ memory
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def current_rss() -> int:
-    """Resident set size of this process in bytes."""
-    kib = _status_kib("VmRSS")
-    if kib is not None:
-        return kib * 1024
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except ImportError:  # pragma: no cover - non-Linux without psutil
-        import resource
-
-        scale = 1 if sys.platform == "darwin" else 1024
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
-
-
-def trim_heap() -> None:
-    """``gc.collect()`` and glibc ``malloc_trim(0)`` (no-op elsewhere): freed heap pages leave the RSS."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class CpuMemoryProbe:
-    """Peak RSS over a window: the kernel high-water mark reset by ``/proc/self/clear_refs``, or sampling."""
-
-    def __init__(self, interval_s: float = 0.001) -> None:
-        self.interval_s = interval_s
-        self.method = "rss-hwm" if self._reset_hwm() else "rss-sampled"
-        self._peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def _reset_hwm() -> bool:
-        if _status_kib("VmHWM") is None:
-            return False
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-                fh.write("5")
-        except OSError:
-            return False
-        return True
-
-    def current(self) -> int:
-        trim_heap()
-        return current_rss()
-
-    def start_window(self) -> None:
-        if self.method == "rss-hwm" and self._reset_hwm():
-            return
-        self.method = "rss-sampled"
-        self._peak = current_rss()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self._peak = max(self._peak, current_rss())
-            time.sleep(self.interval_s)
-
-    def peak(self) -> int:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-            return max(self._peak, current_rss())
-        kib = _status_kib("VmHWM")
-        return kib * 1024 if kib is not None else current_rss()
-
-    def sync(self) -> None:
-        pass
-
-
-class CudaMemoryProbe:
-    """``torch.cuda.max_memory_allocated`` over a window (allocator peaks, not the reserved pool)."""
-
-    method = "cuda-max-allocated"
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def current(self) -> int:
-        gc.collect()
-        torch.cuda.synchronize(self.device)
-        return int(torch.cuda.memory_allocated(self.device))
-
-    def start_window(self) -> None:
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak(self) -> int:
-        torch.cuda.synchronize(self.device)
-        return int(torch.cuda.max_memory_allocated(self.device))
-
-    def sync(self) -> None:
-        torch.cuda.synchronize(self.device)
-
-
-def make_probe(device: torch.device) -> CpuMemoryProbe | CudaMemoryProbe:
-    return CudaMemoryProbe(device) if device.type == "cuda" else CpuMemoryProbe()
 
 
 def warm_kernels(device: torch.device) -> None:
