@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft_core.runtime.distributed import DistInfo
+from peft_core.runtime.session import NonFiniteLossError
 from torch import nn
 from torch.utils.data import DataLoader
 from video_swin_vpetl.data import ClipSpec, VideoDataset, read_list
-from video_swin_vpetl.distributed import DistInfo
-from video_swin_vpetl.engine import LrPlan, NonFiniteLossError, evaluate, train_one_epoch
+from video_swin_vpetl.engine import LrPlan, evaluate, train_one_epoch
 
 SPEC = ClipSpec(num_frames=4, sampling_rate=2, input_size=32, train_short_side=36, test_clips=2, test_crops=3)
 

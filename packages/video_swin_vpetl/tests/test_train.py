@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft_core.results import RunResult
+from peft_core.runtime.session import NonFiniteLossError
 from video_swin_vpetl import train as train_module
 from video_swin_vpetl.checkpointing import BEST, LAST, read_checkpoint
 from video_swin_vpetl.cli import main
 from video_swin_vpetl.config import ConfigError, load_config
-from video_swin_vpetl.engine import EvalResult, NonFiniteLossError
+from video_swin_vpetl.engine import EvalResult
 from video_swin_vpetl.train import run_evaluation, run_training
 from vsw_helpers import tiny_config, tiny_model
 
@@ -106,7 +107,7 @@ def test_non_finite_loss_stops_the_run(mp4_dataset: Path, tmp_path: Path) -> Non
     state = {f"backbone.{k}": v for k, v in tiny_model().state_dict().items()}
     state["backbone.norm.weight"] = torch.full_like(state["backbone.norm.weight"], float("nan"))
     torch.save({"state_dict": state}, tmp_path / "nan.pth")
-    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at epoch 0, step 0"):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 0, step 0"):
         run_training(tiny_config(mp4_dataset, tmp_path / "run", f"model.pretrained={tmp_path / 'nan.pth'}"))
 
 

@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from peft_core.runtime.session import NonFiniteLossError
+
     from video_swin_vpetl.checkpointing import TrainCheckpointError
     from video_swin_vpetl.config import ConfigError, load_config
     from video_swin_vpetl.data.lists import ListFileError
-    from video_swin_vpetl.engine import NonFiniteLossError
     from video_swin_vpetl.models.checkpoint import CheckpointLoadError
     from video_swin_vpetl.train import run_evaluation, run_training
 

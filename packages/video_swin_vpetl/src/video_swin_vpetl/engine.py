@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
+from peft_core.runtime.distributed import DistInfo, gather_lists, sum_counts
+from peft_core.runtime.session import check_finite
 from torch import nn
 from torch.nn import functional as F
 from torch.optim import Optimizer
@@ -25,14 +26,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from video_swin_vpetl.data.lists import VideoRecord
-from video_swin_vpetl.distributed import DistInfo, gather_lists, sum_counts
 from video_swin_vpetl.schedule import lr_at, set_lr
 
 log = logging.getLogger("video_swin_vpetl")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +86,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: Optimizer, 
         label = batch["label"][valid].to(device, non_blocking=True)
         with autocast(device, amp):
             loss = F.cross_entropy(model(video), label)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at epoch {epoch}, step {step} (lr {lr:.3g}); stopping. Lower "
-                "optim.blr / optim.lr, check the input data, or disable run.amp")
+        check_finite(loss, f"epoch {epoch}, step {step} (lr {lr:.3g})")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

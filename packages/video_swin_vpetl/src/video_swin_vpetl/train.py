@@ -13,15 +13,16 @@ Upstream: bruceyo/V-PETL@661198dd38:main.py (AdaptFormer main_video.py), engine_
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from peft_core import adapter_parameters
 from peft_core.results import RunResult
+from peft_core.runtime.checkpointing import resume_path
+from peft_core.runtime.distributed import DistInfo, ShardSampler, barrier, gather_lists, init_distributed, shutdown
+from peft_core.runtime.session import resolve_device, seed_everything, setup_logging
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -41,7 +42,6 @@ from video_swin_vpetl.checkpointing import (
 from video_swin_vpetl.config import ConfigError, TrainConfig, apply_overrides, dump_yaml, from_dict
 from video_swin_vpetl.data.datasets import ClipSpec, VideoDataset
 from video_swin_vpetl.data.lists import NUM_CLASSES, VideoRecord, read_list
-from video_swin_vpetl.distributed import DistInfo, ShardSampler, barrier, gather_lists, init_distributed, shutdown
 from video_swin_vpetl.engine import EvalResult, LrPlan, evaluate, train_one_epoch
 from video_swin_vpetl.reporting import make_result, peak_memory_mb, result_table
 from video_swin_vpetl.schedule import scaled_lr
@@ -50,38 +50,6 @@ log = logging.getLogger("video_swin_vpetl")
 
 
 # ----------------------------------------------------------------------------------------------------------- setup
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and info.enabled:
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
-
-
-def setup_logging(path: Path | None, main: bool) -> None:
-    """INFO to stderr and (main process) to ``path``; handlers of earlier runs in this process are replaced."""
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
-    log.setLevel(logging.INFO if main else logging.WARNING)
-    log.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    stream = logging.StreamHandler()
-    stream.setFormatter(fmt)
-    log.addHandler(stream)
-    if path is not None and main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(path, encoding="utf-8")
-        file.setFormatter(fmt)
-        log.addHandler(file)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def clip_spec(config: TrainConfig) -> ClipSpec:
     d = config.data
     return ClipSpec(d.num_frames, d.sampling_rate, d.input_size, d.train_short_side, d.test_clips, d.test_crops,
@@ -134,15 +102,6 @@ def _payload(built: BuiltModel, config: TrainConfig, optimizer: torch.optim.Opti
     }
 
 
-def _resume_path(config: TrainConfig, out: Path) -> Path | None:
-    if config.run.resume == "none":
-        return None
-    if config.run.resume == "auto":
-        last = out / LAST
-        return last if last.is_file() else None
-    return Path(config.run.resume)
-
-
 # ------------------------------------------------------------------------------------------------------- training
 def run_training(config: TrainConfig) -> RunResult | None:
     """Train, validate every epoch, test the best weights; returns the result (None if stopped by run.stop_after)."""
@@ -156,7 +115,7 @@ def run_training(config: TrainConfig) -> RunResult | None:
 def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
     started = time.time()
     out = Path(config.run.output_dir)
-    setup_logging(out / "log.txt", info.is_main)
+    setup_logging(log, out / "log.txt", info.is_main)
     device = resolve_device(config.run.device, info)
     amp = config.run.amp and device.type == "cuda"
     seed_everything(config.run.seed + info.rank)
@@ -203,7 +162,7 @@ def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
 
     start_epoch, best, history, elapsed_before = 0, {"top1": -1.0, "top5": 0.0, "epoch": None}, [], 0.0
     extra: dict[str, Any] = {}
-    resume = _resume_path(config, out)
+    resume = resume_path(config.run.resume, out)
     if resume is not None:
         payload = read_checkpoint(resume)
         if payload["recipe"] != built.recipe.name:
@@ -310,7 +269,7 @@ def _evaluate(checkpoint: Path, overrides: list[str], output: str | Path | None,
     started = time.time()
     payload = read_checkpoint(checkpoint)
     config = from_dict(apply_overrides(payload["config"], overrides), f"{checkpoint} (config)")
-    setup_logging(None, info.is_main)
+    setup_logging(log, None, info.is_main)
     seed_everything(config.run.seed)
     device = resolve_device(config.run.device, info)
     amp = config.run.amp and device.type == "cuda"

@@ -1,11 +1,11 @@
 """torchrun / DDP support: process group from the environment, eval sharding without duplicates, reductions.
 
-``torchrun --nproc_per_node=N -m video_swin_vpetl train ...`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with
+``torchrun --nproc_per_node=N -m <package> train ...`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; with
 ``WORLD_SIZE > 1`` the process group is initialised from them (NCCL on CUDA, Gloo on CPU). A single process needs
 none of them (upstream read ``LOCAL_RANK`` at import and failed without torchrun: bruceyo/V-PETL@661198dd38:main.py).
 
-Evaluation shards the videos ``rank::world_size`` without padding, so no video is counted twice (a
-``DistributedSampler`` pads with repeats), and the counts are summed over processes.
+Evaluation shards the items ``rank::world_size`` without padding, so no item is counted twice (a
+``DistributedSampler`` pads with repeats), and counts are summed over processes.
 """
 
 from __future__ import annotations

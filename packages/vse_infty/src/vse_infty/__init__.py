@@ -1,0 +1,1 @@
+"""VSE-infty image-text retrieval with PETL methods from peft_core."""
