@@ -2,7 +2,8 @@
 
     nox -t ci                      lint + every package's tests + integration (what CI runs)
     nox -s tests-peft_core         one package's tests, in a venv holding only that package and its test extra
-    nox -s demo                    the README demo
+    nox -s demo                    the README demo (peft_core: every method on a tiny BART)
+    nox -t demos                   every package's demo, one after the other
     nox -s bench -- --quick        the benchmark suite (not part of the tests)
 """
 
@@ -61,18 +62,32 @@ def integration(session: nox.Session) -> None:
     session.run("pytest", "integration_tests", "-q", *session.posargs, env=THREADS)
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHON, tags=["demos"])
 def demo(session: nox.Session) -> None:
     """Every method on a tiny BART trained on a synthetic sequence-to-sequence task (a few minutes on 2 CPUs)."""
     sync(session, "peft_core", "models")
     session.run("python", "-m", "peft_core.demo", *session.posargs, env=THREADS)
 
 
-@nox.session(name="demo-video_swin_vpetl", python=PYTHON)
+@nox.session(name="demo-video_swin_vpetl", python=PYTHON, tags=["demos"])
 def demo_video(session: nox.Session) -> None:
     """Video Swin + PATT vs full fine-tuning on synthetic moving-shape videos (a few minutes on 2 CPUs)."""
     sync(session, "video_swin_vpetl")
     session.run("video-swin-vpetl", "demo", *session.posargs, env=THREADS)
+
+
+@nox.session(name="demo-vse_infty", python=PYTHON, tags=["demos"])
+def demo_vse(session: nox.Session) -> None:
+    """Image-text retrieval: UniPT vs full fine-tuning on frozen real MiniLM-L6 + EfficientNet-Lite0 (a few minutes)."""
+    sync(session, "vse_infty", "demo")
+    session.run("vse-infty", "demo", *session.posargs, env=THREADS)
+
+
+@nox.session(name="demo-vl_adapter_vlpet", python=PYTHON, tags=["demos"])
+def demo_vl(session: nox.Session) -> None:
+    """Tiny VL-BART multitask (VQA, GQA, NLVR2, captioning): VL-PET-large, VL-Adapter, LoRA, full fine-tuning."""
+    sync(session, "vl_adapter_vlpet")
+    session.run("vl-pet", "demo", *session.posargs, env=THREADS)
 
 
 @nox.session(python=PYTHON)

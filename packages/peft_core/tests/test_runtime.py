@@ -1,0 +1,143 @@
+"""peft_core.runtime: configs from files + overrides, atomic checkpoints with RNG state, sharding, the NaN guard."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft_core import add_adapter, make_config
+from peft_core.runtime.checkpointing import (
+    LAST,
+    TrainCheckpointError,
+    adapters_state,
+    capture_rng,
+    load_adapters_state,
+    read_checkpoint,
+    restore_rng,
+    resume_path,
+    save_checkpoint,
+)
+from peft_core.runtime.config import ConfigError, dump_yaml, load_config
+from peft_core.runtime.distributed import DistInfo, ShardSampler, gather_lists, sum_counts
+from peft_core.runtime.session import NonFiniteLossError, check_finite, resolve_device
+from torch import nn
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    epochs: int = 3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: str | None = None
+
+
+@dataclass
+class Run:
+    output_dir: str = "runs/x"
+    amp: bool = True
+
+
+@dataclass
+class Root:
+    optim: Optim = field(default_factory=Optim)
+    run: Run = field(default_factory=Run)
+
+    def validate(self) -> None:
+        if self.optim.epochs <= 0:
+            raise ConfigError(f"optim.epochs={self.optim.epochs} is not allowed; expected a number > 0")
+
+
+def test_defaults_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1\n  betas: [0.5, 0.6]\nrun:\n  amp: false\n")
+    config = load_config(Root, path, ["optim.epochs=7", "optim.schedule=cosine", "run.output_dir=out"])
+    assert config.optim.lr == 1.0 and isinstance(config.optim.lr, float)  # an int passes as a float
+    assert config.optim.betas == [0.5, 0.6]
+    assert (config.optim.epochs, config.optim.schedule, config.run.amp, config.run.output_dir) == (7, "cosine",
+                                                                                                  False, "out")
+    assert load_config(Root, None, ["optim.schedule=null"]).optim.schedule is None
+    assert "epochs: 3" in dump_yaml(Root())
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optim.lr=fast"], r"optim\.lr='fast' \(str\) is not allowed; expected <class 'float'>"),
+    (["optim.momentum=0.9"], r"unknown key\(s\) \['optim\.momentum'\]"),
+    (["model.name=x"], r"unknown section\(s\) \['model'\]"),
+    (["optim.epochs=0"], r"optim\.epochs=0 is not allowed"),
+    (["optim.epochs"], r"expected section\.key=value"),
+    (["run.amp=3"], r"run\.amp=3 \(int\) is not allowed; expected <class 'bool'>"),
+])
+def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(Root, None, overrides)
+
+
+def test_bad_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Root, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ConfigError, match=r"bad\.json: not valid JSON"):
+        load_config(Root, bad)
+
+
+def test_checkpoint_round_trip_with_rng_and_adapters(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    add_adapter(model, make_config("lora", r=2, target_modules=["0", "2"]))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    payload = {"format": "test/1", "adapters": adapters_state(model), "rng": capture_rng(), "epoch": 3}
+    expected = (torch.rand(3), np.random.rand(2), random.random())
+    save_checkpoint(tmp_path / LAST, payload)
+    assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left behind
+
+    loaded = read_checkpoint(tmp_path / LAST, "test/1")
+    restore_rng(loaded["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(2), expected[1]) and random.random() == expected[2]
+
+    other = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    add_adapter(other, make_config("lora", r=2, target_modules=["0", "2"]))
+    load_adapters_state(other, loaded["adapters"], "ckpt")
+    for name, state in adapters_state(other).items():
+        assert all(torch.equal(v, payload["adapters"][name][k]) for k, v in state.items())
+
+    with pytest.raises(TrainCheckpointError, match=r"holds adapters \['default'\] but the model has \[\]"):
+        load_adapters_state(nn.Linear(2, 2), loaded["adapters"], "ckpt")
+    with pytest.raises(TrainCheckpointError, match=r"format 'test/1', expected 'other/1'\); use model\.weights"):
+        read_checkpoint(tmp_path / LAST, "other/1", "use model.weights")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainCheckpointError, match=r"junk\.pt: cannot be read"):
+        read_checkpoint(tmp_path / "junk.pt", "test/1")
+    with pytest.raises(TrainCheckpointError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "none.pt", "test/1")
+
+
+def test_resume_path(tmp_path: Path) -> None:
+    assert resume_path("auto", tmp_path) is None
+    (tmp_path / LAST).write_bytes(b"")
+    assert resume_path("auto", tmp_path) == tmp_path / LAST
+    assert resume_path("none", tmp_path) is None
+    assert resume_path("/x/y.pt", tmp_path) == Path("/x/y.pt")
+
+
+def test_shards_cover_every_item_once_and_single_process_reductions() -> None:
+    shards = [list(ShardSampler(10, DistInfo(rank, 3, rank))) for rank in range(3)]
+    assert sorted(i for s in shards for i in s) == list(range(10))
+    assert [len(s) for s in shards] == [4, 3, 3]
+    assert sum_counts([1.0, 2.0], DistInfo(), torch.device("cpu")) == [1.0, 2.0]
+    assert gather_lists([1, 2], DistInfo()) == [1, 2]
+
+
+def test_non_finite_loss_stops_loudly() -> None:
+    assert check_finite(torch.tensor(1.5), "step 1") == 1.5
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 5"):
+        check_finite(torch.tensor(float("nan")), "epoch 2, step 5")
+    with pytest.raises(NonFiniteLossError, match="loss is inf"):
+        check_finite(float("inf"), "step 0")
+    assert resolve_device("cpu") == torch.device("cpu")
