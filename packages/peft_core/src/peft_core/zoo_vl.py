@@ -18,7 +18,10 @@ pos_dim 4 and 2 image orders, d = 768: 1,582,848 parameters (BART) / 1,581,312 (
 Encoder input (upstream ``JointEncoder``): BART ``cat[LN_emb(E_tok(ids) * scale + pos), v]`` (visual tokens get
 neither positions nor the embedding LayerNorm); T5 ``cat[E_tok(ids), v]`` with the relative position bias only
 between text tokens (zero for every pair involving a visual token). The attention mask is ``cat[text mask, visual
-mask]``. Both are obtained from the unmodified transformers encoder with temporary hooks.
+mask]``. Both are obtained from the unmodified transformers encoder with temporary hooks. The visual tokens are
+always the last positions, so a method that prepends tokens to the encoder input (input prompt tuning) gets
+``[prompts; text; visual]``, the prompts and the text sharing T5's relative positions as in upstream's
+``JointEncoder``.
 
 The tokenizer of VL-BART adds 200 special tokens (``<extra_id_*>``, ``<vis_extra_id_*>``) to BART's 50,265; VL-T5's
 tokenizer has 32,200 tokens (T5's 32,100 + 100 ``<vis_extra_id_*>``); ``build_vl_model`` uses these vocabulary
@@ -135,6 +138,16 @@ class VLSeq2Seq(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
+    def get_encoder(self) -> nn.Module:
+        """The language model's encoder (methods that hook the encoder, e.g. input prompts, find it here)."""
+        return self.model.get_encoder()
+
+    def get_decoder(self) -> nn.Module:
+        return self.model.get_decoder()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
     def encode(self, input_ids: torch.Tensor, vis_feats: torch.Tensor, vis_pos: torch.Tensor,
                attention_mask: torch.Tensor | None = None, vis_attention_mask: torch.Tensor | None = None,
                img_order_ids: torch.Tensor | None = None,
@@ -150,31 +163,41 @@ class VLSeq2Seq(nn.Module):
         mask = torch.cat([attention_mask, vis_attention_mask.to(attention_mask.dtype)], dim=1)
         encoder = self.model.get_encoder()
         text = encoder.embed_tokens(input_ids)
-        n_text = text.shape[1]
         if self.family == "bart":
             inputs = torch.cat([text, torch.zeros_like(vis, dtype=text.dtype)], dim=1)
 
             def place_visual(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-                return torch.cat([output[:, :n_text], vis.to(output.dtype)], dim=1)
+                # the visual tokens are the last v positions (a method may prepend tokens, e.g. input prompts)
+                return torch.cat([output[:, : output.shape[1] - v], vis.to(output.dtype)], dim=1)
 
-            handle = encoder.layernorm_embedding.register_forward_hook(place_visual)
+            handles = [encoder.layernorm_embedding.register_forward_hook(place_visual)]
         else:
             inputs = torch.cat([text, vis.to(text.dtype)], dim=1)
-            attention = encoder.block[0].layer[0].SelfAttention
 
-            def text_only_bias(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                text_bias = attention.compute_bias(n_text, n_text, device=inputs.device)
-                bias = text_bias.new_zeros(1, text_bias.shape[1], n_text + v, n_text + v)
-                bias[:, :, :n_text, :n_text] = text_bias
-                if "position_bias" in kwargs or len(args) < 3:
-                    return args, {**kwargs, "position_bias": bias}
-                return (*args[:2], bias, *args[3:]), kwargs
+            def text_only_bias(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+                # the sequence is [front; visual]: the front is the text, or the text with tokens a method prepended
+                # (input prompts), which get relative positions among themselves as upstream's JointEncoder gives them
+                given = [kwargs.get("position_bias"), kwargs.get("key_value_states"), *args[1:]]
+                if any(a is not None for a in given):  # a bias already given, or cross-attention: leave it
+                    return None
+                hidden = args[0] if args else kwargs["hidden_states"]
+                total = hidden.shape[1]
+                front = total - v
+                text_bias = module.compute_bias(front, front, device=hidden.device)
+                bias = text_bias.new_zeros(1, text_bias.shape[1], total, total)
+                bias[:, :, :front, :front] = text_bias
+                return args, {**kwargs, "position_bias": bias}
 
-            handle = encoder.block[0].register_forward_pre_hook(text_only_bias, with_kwargs=True)
+            # every encoder self-attention that owns a relative bias: the backbone's first block and, for side
+            # networks (LST), the side encoder's first block, each computing the text-only bias from its own table
+            handles = [m.register_forward_pre_hook(text_only_bias, with_kwargs=True) for m in self.modules()
+                       if getattr(m, "has_relative_attention_bias", False) and not getattr(m, "is_decoder", True)
+                       and hasattr(m, "compute_bias")]
         try:
             out = encoder(inputs_embeds=inputs, attention_mask=mask, return_dict=True)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         return out, mask
 
     def forward(self, input_ids: torch.Tensor, vis_feats: torch.Tensor, vis_pos: torch.Tensor,

@@ -16,14 +16,21 @@ Decoder cross-attention value (``BartAttentionWithValueAdapter`` lines 329-338, 
 150-161; T5Attention ``project_vpa``)::
 
     V = v_proj(E) + up(gelu_new(down(E)))                   E = encoder output; no LN, no scaling
+
+Gate statistics (upstream ``--use_store_gate_large`` saved the raw G of the first encoder self-attention for one batch
+and exited, for the paper's heat maps): :meth:`VlpetSublayerLayer.record_gates` switches on a :class:`GateRecorder`
+that accumulates G over forwards (count, mean, std, min, max, per-channel mean) over the non-padding tokens. Off by
+default; when off nothing is computed or hooked.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from peft_core.layer import MethodLayer, map_primary_output, primary_input
 from peft_core.tuners.activations import GeluNew
@@ -216,6 +223,54 @@ def make_adapter(config: VlpetConfig, dim: int) -> nn.Module | None:
     return adapter
 
 
+class GateRecorder:
+    """Running statistics of the gate values G of one sublayer over forwards.
+
+    G is viewed as rows of channels: (B, L, d) large -> B*L rows of d; (B, L, 1) middleX -> B*L rows of 1; (B, 1, 1)
+    small -> B rows of 1; (d,) middleY -> one row of d (per forward). With a padding mask ``valid`` (B, L), rows of
+    padding tokens are left out. Accumulated in float64 on the CPU side: ``count`` elements, their sum, sum of squares,
+    min and max, and the per-channel sum over rows (the channel profile of the gate).
+    """
+
+    def __init__(self) -> None:
+        self.forwards = 0
+        self.rows = 0
+        self.count = 0
+        self.total = 0.0
+        self.total_sq = 0.0
+        self.minimum = math.inf
+        self.maximum = -math.inf
+        self.channel_sum: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, gate: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        g = gate.detach().to(torch.float64)
+        if g.dim() == 3 and valid is not None and g.shape[:2] == valid.shape and g.shape[1] > 1:
+            g = g[valid.to(g.device)]
+        rows = g.reshape(-1, g.shape[-1])
+        if rows.numel() == 0:
+            return
+        self.forwards += 1
+        self.rows += rows.shape[0]
+        self.count += rows.numel()
+        self.total += float(rows.sum())
+        self.total_sq += float((rows * rows).sum())
+        self.minimum = min(self.minimum, float(rows.min()))
+        self.maximum = max(self.maximum, float(rows.max()))
+        channel = rows.sum(dim=0).cpu()
+        self.channel_sum = channel if self.channel_sum is None else self.channel_sum + channel
+
+    def summary(self) -> dict[str, Any]:
+        """``{"forwards", "rows", "count", "mean", "std", "min", "max", "channel_mean": list}`` (empty if no data)."""
+        if self.count == 0 or self.channel_sum is None:
+            return {"forwards": 0, "rows": 0, "count": 0}
+        mean = self.total / self.count
+        var = max(self.total_sq / self.count - mean * mean, 0.0)
+        return {"forwards": self.forwards, "rows": self.rows, "count": self.count, "mean": mean,
+                "std": math.sqrt(var), "min": self.minimum, "max": self.maximum,
+                "channel_mean": (self.channel_sum / self.rows).tolist()}
+
+
 class VlpetSublayerLayer(SublayerLayer):
     """VL-PET on one encoder sublayer: ``H -> s * G(X, H') * H'`` with ``H' = H + adapter(H)``.
 
@@ -229,13 +284,58 @@ class VlpetSublayerLayer(SublayerLayer):
         self.adapter = make_adapter(config, sublayer.dim)
         self.gate = make_gate(config, sublayer.dim)
         self.scaling = float(config.scaling)
+        object.__setattr__(self, "_layer_module", sublayer.mask_source)
+        self.gate_recorder: GateRecorder | None = None
+        self._record_handle: RemovableHandle | None = None
 
     def transform(self, x: torch.Tensor, h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         if self.adapter is not None:
             h = h + self.adapter(h)
         if self.gate is not None:
+            if self.gate_recorder is not None:
+                with torch.no_grad():
+                    self.gate_recorder.update(self.gate.gate(x, h, valid), valid)
             h = self.gate(x, h, valid)
         return h * self.scaling
+
+    # ------------------------------------------------------------------------------------------- gate statistics
+    def record_gates(self, enabled: bool = True) -> None:
+        """Start (with a fresh :class:`GateRecorder`) or stop recording this sublayer's gate values.
+
+        While recording, the gate is evaluated a second time under ``no_grad`` (the output is unchanged) and the
+        encoder layer's padding mask is read so padding tokens are left out of the statistics.
+        """
+        if not enabled:
+            self.gate_recorder = None
+            if self._record_handle is not None:
+                self._record_handle.remove()
+                if self._record_handle in self._extra_handles:
+                    self._extra_handles.remove(self._record_handle)
+                self._record_handle = None
+                self._valid = None
+            return
+        if self.gate is None:
+            raise ValueError(f"{type(self).__name__} ({self.kind}): granularity 'none' has no gate to record")
+        self.gate_recorder = GateRecorder()
+        if self._mask_source is None and self._record_handle is None:
+            self._record_handle = self._layer_module.register_forward_pre_hook(self._capture_mask_for_gates,
+                                                                               with_kwargs=True)
+            self._extra_handles.append(self._record_handle)
+
+    def detach(self, host: nn.Module) -> None:
+        super().detach(host)
+        self.gate_recorder = None
+        self._record_handle = None
+
+    def _capture_mask_for_gates(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        try:
+            self._capture_mask(module, args, kwargs)
+        except (TypeError, ValueError):  # a mask that is not a tensor: statistics include padding
+            self._valid = None
+
+    def gate_statistics(self) -> dict[str, Any]:
+        """The recorder's :meth:`GateRecorder.summary` (``{}`` when not recording)."""
+        return self.gate_recorder.summary() if self.gate_recorder is not None else {}
 
 
 class ValueParallelAdapterLayer(MethodLayer):
