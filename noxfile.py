@@ -78,7 +78,7 @@ def demo_video(session: nox.Session) -> None:
 
 @nox.session(name="demo-vse_infty", python=PYTHON, tags=["demos"])
 def demo_vse(session: nox.Session) -> None:
-    """Image-text retrieval: UniPT vs full fine-tuning on frozen real MiniLM-L6 + EfficientNet-Lite0 (a few minutes)."""
+    """Image-text retrieval: UniPT vs full fine-tuning on frozen real MiniLM-L6 + EfficientNet-Lite0 (minutes)."""
     sync(session, "vse_infty", "demo")
     session.run("vse-infty", "demo", *session.posargs, env=THREADS)
 

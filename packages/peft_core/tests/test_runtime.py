@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from peft_core import add_adapter, make_config
+from peft_core.io import load_tensor_file
+from peft_core.results import RunResult
 from peft_core.runtime.checkpointing import (
     LAST,
     TrainCheckpointError,
@@ -21,9 +24,10 @@ from peft_core.runtime.checkpointing import (
     resume_path,
     save_checkpoint,
 )
+from peft_core.runtime.cli import report_errors
 from peft_core.runtime.config import ConfigError, dump_yaml, load_config
 from peft_core.runtime.distributed import DistInfo, ShardSampler, gather_lists, sum_counts
-from peft_core.runtime.session import NonFiniteLossError, check_finite, resolve_device
+from peft_core.runtime.session import NonFiniteLossError, check_finite, resolve_device, start_run
 from torch import nn
 
 
@@ -39,6 +43,8 @@ class Optim:
 class Run:
     output_dir: str = "runs/x"
     amp: bool = True
+    device: str = "cpu"
+    seed: int = 7
 
 
 @dataclass
@@ -141,3 +147,59 @@ def test_non_finite_loss_stops_loudly() -> None:
     with pytest.raises(NonFiniteLossError, match="loss is inf"):
         check_finite(float("inf"), "step 0")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_start_run_writes_config_and_log_and_seeds_per_rank(tmp_path: Path) -> None:
+    config = Root(run=Run(output_dir=str(tmp_path / "run")))
+    log = logging.getLogger("test_runtime.start_run")
+    out, device, amp = start_run(log, config, DistInfo(rank=1, world_size=2))
+    first = torch.rand(3)
+    assert not (tmp_path / "run").exists(), "only the main process writes the output folder"
+    out, device, amp = start_run(log, config, DistInfo())
+    assert (out, device, amp) == (tmp_path / "run", torch.device("cpu"), False), "AMP is CUDA-only"
+    assert load_config(Root, out / "config.yaml") == config
+    log.info("hello")
+    assert "hello" in (out / "log.txt").read_text()
+    torch.manual_seed(config.run.seed + 1)
+    assert torch.equal(first, torch.rand(3)), "rank 1 is seeded with run.seed + 1"
+    start_run(log, config, DistInfo(rank=1, world_size=2), seed_per_rank=False, write_config=False, log_file=None)
+    second = torch.rand(3)
+    torch.manual_seed(config.run.seed)
+    assert torch.equal(second, torch.rand(3)), "evaluation seeds every rank with run.seed"
+
+
+def test_report_errors_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    def bad() -> None:
+        raise ConfigError("cfg.yaml: optim.lr=-1 is not allowed\nsecond line")
+
+    assert report_errors(bad, (ConfigError,)) == 2
+    assert capsys.readouterr().err == "error: cfg.yaml: optim.lr=-1 is not allowed\n  second line\n"
+    assert report_errors(lambda: None, (ConfigError,)) == 0
+    assert report_errors(lambda: 3, (ConfigError,)) == 3
+    with pytest.raises(KeyError):  # not a user error: the traceback stays
+        report_errors(lambda: {}["x"], (ConfigError,))
+
+
+def test_load_tensor_file_names_the_file(tmp_path: Path) -> None:
+    state = {"w": torch.arange(4.0)}
+    torch.save(state, tmp_path / "a.pt")
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "a.safetensors"))
+    for name in ("a.pt", "a.safetensors"):
+        assert torch.equal(load_tensor_file(tmp_path / name, ValueError, "weights")["w"], state["w"])
+    with pytest.raises(ValueError, match=r"missing.pt: upstream checkpoint not found"):
+        load_tensor_file(tmp_path / "missing.pt", ValueError, "upstream checkpoint")
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    with pytest.raises(TrainCheckpointError, match=r"bad.pt: cannot be read as a checkpoint"):
+        load_tensor_file(tmp_path / "bad.pt", TrainCheckpointError, "checkpoint")
+
+
+def test_result_table_lists_metrics_details_and_counts() -> None:
+    result = RunResult(system="s", task="t", dataset="d", split="test", method="m", backbone="b",
+                       metrics={"rsum": 512.25}, trainable_params=1_000, total_params=4_000, package_version="0",
+                       wall_time_s=3.0)
+    text = result.table([("images", "1000")])
+    for expected in ("s: m on d/test (b)", "rsum", "512.25", "images", "1,000 (25.000%)", "4,000", "3.0 s"):
+        assert expected in text, expected
+    assert "peak memory" not in text

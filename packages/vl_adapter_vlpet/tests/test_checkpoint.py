@@ -166,7 +166,8 @@ def test_errors_name_the_file(folders: dict, tmp_path: Path) -> None:
     model = _bundle(folders, "t5-base", "lora", seed=0).model
     with pytest.raises(UpstreamCheckpointError, match="no tensor maps to this model"):
         load_upstream_checkpoint(model, {"classifier.weight": torch.ones(2, 2)}, "t5")
-    with pytest.raises(UpstreamCheckpointError, match="upstream checkpoint file not found"):
+    missing = r"LAST.pth: torch checkpoint file \(model.upstream_checkpoint\) not found"
+    with pytest.raises(UpstreamCheckpointError, match=missing):
         load_upstream_checkpoint(model, tmp_path / "LAST.pth", "t5")
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UpstreamCheckpointError, match=r"bad.pth: cannot be read as a torch checkpoint"):

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the same folder, flushed and fsynced, then renamed over the target."""
+"""File helpers: atomic writes (temporary file in the same folder, fsynced, renamed over the target) and reading
+weights files with errors that name the file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -27,3 +29,25 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def load_tensor_file(path: Path | str, error: type[Exception], what: str) -> Any:
+    """The content of a weights file: ``.safetensors`` through safetensors, anything else through
+    ``torch.load(map_location="cpu", weights_only=True)`` (tensors and plain Python values only).
+
+    A missing or unreadable file raises ``error`` with a message naming ``path`` and ``what`` it was expected to
+    be (e.g. ``"upstream checkpoint (model.upstream_checkpoint)"``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        import torch
+
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise error(f"{path}: cannot be read as a {what} ({type(exc).__name__}: {exc})") from None

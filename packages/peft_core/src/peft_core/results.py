@@ -7,10 +7,11 @@ every error names the file and the field, and says what was expected.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
@@ -233,6 +234,31 @@ class RunResult:
         """Read and validate a result file; errors name ``path``."""
         path = Path(path)
         return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+
+    # -- display -------------------------------------------------------------------------------------------------
+
+    def table(self, details: Sequence[tuple[str, str]] = ()) -> str:
+        """The result as a readable text table: the metrics, the package's ``details`` rows (e.g. how many items
+        were evaluated), the parameter counts, wall time and peak memory."""
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{self.system}: {self.method} on {self.dataset}/{self.split} ({self.backbone})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for name, value in self.metrics.items():
+            table.add_row(name, f"{value:.2f}")
+        for name, value in details:
+            table.add_row(name, value)
+        table.add_row("trainable params", f"{self.trainable_params:,} ({self.trainable_percent or 0:.3f}%)")
+        table.add_row("total params", f"{self.total_params:,}")
+        if self.wall_time_s is not None:
+            table.add_row("wall time", f"{self.wall_time_s:.1f} s")
+        if self.peak_memory_mb is not None:
+            table.add_row("peak memory", f"{self.peak_memory_mb:.0f} MiB")
+        buffer = io.StringIO()
+        Console(file=buffer, width=120, color_system=None).print(table)
+        return buffer.getvalue()
 
     # -- environment ---------------------------------------------------------------------------------------------
 

@@ -16,22 +16,27 @@ from __future__ import annotations
 import argparse
 import sys
 
+from peft_core.runtime.cli import (
+    OVERRIDES_METAVAR,
+    add_compare_command,
+    add_demo_command,
+    add_train_command,
+    forward_compare,
+    report_errors,
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="video-swin-vpetl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a recipe (config file + section.key=value overrides)")
-    p.add_argument("--config", help="YAML or JSON file; omitted keys take the V-PETL defaults")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_train_command(sub, "YAML or JSON file; omitted keys take the V-PETL defaults")
     p = sub.add_parser("eval", help="test a training checkpoint (clips x crops views)")
     p.add_argument("--checkpoint", required=True, help="checkpoint-best.pt or checkpoint-last.pt of a run")
     p.add_argument("--split", choices=["test", "val"], default="test", help="data.test_list (multi-view) or val_list")
     p.add_argument("--output", help="result JSON path (default: next to the checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    p = sub.add_parser("compare", help="compare result JSON files with shared/baselines (peft_core.compare)",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.add_argument("overrides", nargs="*", metavar=OVERRIDES_METAVAR)
+    add_compare_command(sub)
     p = sub.add_parser("params", help="peft_core parameter counts with the Video Swin models registered",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -48,20 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=51)
     p.add_argument("--device", default="cpu")
     sub.add_parser("config", help="print the default configuration as YAML")
-    p = sub.add_parser("demo", help="synthetic moving-shape videos: pre-train a tiny Video Swin, transfer with PATT "
-                                    "and full fine-tuning")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (for tests)")
-    p.add_argument("--seed", type=int, default=0)
+    add_demo_command(sub, "synthetic moving-shape videos: pre-train a tiny Video Swin, transfer with PATT and full "
+                          "fine-tuning", out="runs/demo")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compare":
-        from peft_core.compare import compare_main
-
-        return compare_main(argv[1:])
+    forwarded = forward_compare(argv)
+    if forwarded is not None:
+        return forwarded
     if argv and argv[0] == "params":
         from peft_core.cli import main as peft_main
 
@@ -99,15 +100,14 @@ def _run(args: argparse.Namespace) -> int:
     from video_swin_vpetl.models.checkpoint import CheckpointLoadError
     from video_swin_vpetl.train import run_evaluation, run_training
 
-    try:
+    def action() -> None:
         if args.command == "train":
             run_training(load_config(args.config, args.overrides))
         else:
             run_evaluation(args.checkpoint, args.overrides, args.output, args.split)
-    except (ConfigError, ListFileError, CheckpointLoadError, TrainCheckpointError, NonFiniteLossError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return report_errors(action, (ConfigError, ListFileError, CheckpointLoadError, TrainCheckpointError,
+                                  NonFiniteLossError))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Metrics: ``top1``, ``top5`` (%, per video, views averaged). ``trainable_params``
 
 from __future__ import annotations
 
-import io
 import resource
 import sys
 from typing import Any
@@ -42,25 +41,9 @@ def make_result(*, dataset: str, split: str, method: str, backbone: str, evaluat
 
 
 def result_table(result: RunResult) -> str:
-    """The result as a small text table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{result.system}: {result.method} on {result.dataset}/{result.split} ({result.backbone})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.2f}")
-    table.add_row("videos evaluated", str(result.extra.get("num_videos", "?")))
-    table.add_row("unreadable videos (excluded)", str(len(result.extra.get("unreadable_videos", []))))
-    table.add_row("trainable params", f"{result.trainable_params:,} ({result.trainable_percent or 0:.3f}%)")
+    """The result as a small text table (:meth:`peft_core.results.RunResult.table`)."""
+    details = [("videos evaluated", str(result.extra.get("num_videos", "?"))),
+               ("unreadable videos (excluded)", str(len(result.extra.get("unreadable_videos", []))))]
     if "adapter_params" in result.extra:
-        table.add_row("  of which adapters", f"{result.extra['adapter_params']:,}")
-    table.add_row("total params", f"{result.total_params:,}")
-    if result.wall_time_s is not None:
-        table.add_row("wall time", f"{result.wall_time_s:.1f} s")
-    if result.peak_memory_mb is not None:
-        table.add_row("peak memory", f"{result.peak_memory_mb:.0f} MiB")
-    buffer = io.StringIO()
-    Console(file=buffer, width=120, color_system=None).print(table)
-    return buffer.getvalue()
+        details.append(("adapter params (of the trainable)", f"{result.extra['adapter_params']:,}"))
+    return result.table(details)

@@ -21,8 +21,8 @@ import torch
 from peft_core import adapter_parameters
 from peft_core.results import RunResult
 from peft_core.runtime.checkpointing import resume_path
-from peft_core.runtime.distributed import DistInfo, ShardSampler, barrier, gather_lists, init_distributed, shutdown
-from peft_core.runtime.session import resolve_device, seed_everything, setup_logging
+from peft_core.runtime.distributed import DistInfo, ShardSampler, barrier, distributed_run, gather_lists
+from peft_core.runtime.session import start_run
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -39,7 +39,7 @@ from video_swin_vpetl.checkpointing import (
     save_checkpoint,
     trainable_state,
 )
-from video_swin_vpetl.config import ConfigError, TrainConfig, apply_overrides, dump_yaml, from_dict
+from video_swin_vpetl.config import ConfigError, TrainConfig, apply_overrides, from_dict
 from video_swin_vpetl.data.datasets import ClipSpec, VideoDataset
 from video_swin_vpetl.data.lists import NUM_CLASSES, VideoRecord, read_list
 from video_swin_vpetl.engine import EvalResult, LrPlan, evaluate, train_one_epoch
@@ -105,24 +105,13 @@ def _payload(built: BuiltModel, config: TrainConfig, optimizer: torch.optim.Opti
 # ------------------------------------------------------------------------------------------------------- training
 def run_training(config: TrainConfig) -> RunResult | None:
     """Train, validate every epoch, test the best weights; returns the result (None if stopped by run.stop_after)."""
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         return _train(config, info)
-    finally:
-        shutdown(info)
 
 
 def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
     started = time.time()
-    out = Path(config.run.output_dir)
-    setup_logging(log, out / "log.txt", info.is_main)
-    device = resolve_device(config.run.device, info)
-    amp = config.run.amp and device.type == "cuda"
-    seed_everything(config.run.seed + info.rank)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(config))
-    log.info("config\n%s", dump_yaml(config))
+    out, device, amp = start_run(log, config, info)
 
     d = config.data
     num_classes = num_classes_for(config, list_path(config, d.train_list))
@@ -257,11 +246,8 @@ def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
 def run_evaluation(checkpoint: str | Path, overrides: list[str] | None = None, output: str | Path | None = None,
                    split: str = "test") -> RunResult:
     """Test a training checkpoint (its config, with ``overrides``) on ``split`` (``test`` multi-view or ``val``)."""
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         return _evaluate(Path(checkpoint), overrides or [], output, split, info)
-    finally:
-        shutdown(info)
 
 
 def _evaluate(checkpoint: Path, overrides: list[str], output: str | Path | None, split: str,
@@ -269,10 +255,7 @@ def _evaluate(checkpoint: Path, overrides: list[str], output: str | Path | None,
     started = time.time()
     payload = read_checkpoint(checkpoint)
     config = from_dict(apply_overrides(payload["config"], overrides), f"{checkpoint} (config)")
-    setup_logging(log, None, info.is_main)
-    seed_everything(config.run.seed)
-    device = resolve_device(config.run.device, info)
-    amp = config.run.amp and device.type == "cuda"
+    _, device, amp = start_run(log, config, info, write_config=False, log_file=None, seed_per_rank=False)
     d = config.data
     num_classes = num_classes_for(config, list_path(config, d.train_list))
     list_name = d.test_list if split == "test" else d.val_list

@@ -22,14 +22,21 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from peft_core.runtime.cli import (
+    OVERRIDES_METAVAR,
+    add_compare_command,
+    add_demo_command,
+    add_train_command,
+    forward_compare,
+    report_errors,
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl-pet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a method (config file + section.key=value overrides)")
-    p.add_argument("--config", help="YAML or JSON file (e.g. a shipped recipe: vl-pet config vl-pet-large-bart)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_train_command(sub, "YAML or JSON file (e.g. a shipped recipe: vl-pet config vl-pet-large-bart)")
     p = sub.add_parser("eval", help="evaluate a training checkpoint (or a configured model) on every task's test "
                                     "(or val) split")
     which = p.add_mutually_exclusive_group(required=True)
@@ -38,10 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                                         "model.upstream_checkpoint=LAST.pth)")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--output", help="output folder (default: eval-<split> beside the checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    p = sub.add_parser("compare", help="compare result JSON files with shared/baselines (peft_core.compare)",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.add_argument("overrides", nargs="*", metavar=OVERRIDES_METAVAR)
+    add_compare_command(sub)
     p = sub.add_parser("params", help="real-size trainable parameters of every method next to the paper's Params %%")
     p.add_argument("--backbone", choices=["bart-base", "t5-base"], action="append",
                    help="repeatable; default: both")
@@ -62,20 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the default configuration, or a shipped recipe, as YAML")
     p.add_argument("recipe", nargs="?", help="a shipped recipe (e.g. vl-pet-large-bart); omit for the defaults")
     p.add_argument("--list", action="store_true", help="list the shipped recipes")
-    p = sub.add_parser("demo", help="tiny VL-BART on a synthetic multitask set: VL-PET-large, VL-Adapter, LoRA and "
-                                    "full fine-tuning at the same budget")
-    p.add_argument("--out", default="runs/demo/vl_adapter_vlpet")
-    p.add_argument("--quick", action="store_true", help="a reduced budget (tests, smoke runs)")
-    p.add_argument("--seed", type=int, default=0)
+    add_demo_command(sub, "tiny VL-BART on a synthetic multitask set: VL-PET-large, VL-Adapter, LoRA and full "
+                          "fine-tuning at the same budget", out="runs/demo/vl_adapter_vlpet")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compare":
-        from peft_core.compare import compare_main
-
-        return compare_main(argv[1:])
+    forwarded = forward_compare(argv)
+    if forwarded is not None:
+        return forwarded
     args = _parser().parse_args(argv)
     if args.command in ("train", "eval", "demo"):
         return _guarded(args)
@@ -98,7 +99,7 @@ def _guarded(args: argparse.Namespace) -> int:
     from vl_adapter_vlpet.data import DataFormatError
     from vl_adapter_vlpet.models import UpstreamCheckpointError
 
-    try:
+    def action() -> None:
         if args.command == "train":
             from vl_adapter_vlpet.config import load_config
             from vl_adapter_vlpet.train import run_training
@@ -112,11 +113,9 @@ def _guarded(args: argparse.Namespace) -> int:
             from vl_adapter_vlpet.demo import run_demo
 
             run_demo(args.out, quick=args.quick, seed=args.seed)
-    except (ConfigError, DataFormatError, TrainCheckpointError, UpstreamCheckpointError, NonFiniteLossError,
-            RunResultError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    return report_errors(action, (ConfigError, DataFormatError, TrainCheckpointError, UpstreamCheckpointError,
+                                  NonFiniteLossError, RunResultError, FileNotFoundError))
 
 
 def recipe_files() -> dict[str, Path]:

@@ -31,18 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft_core.io import atomic_write_text
+from peft_core.io import atomic_write_text, load_tensor_file
 from peft_core.model import adapter_parameters
 from peft_core.results import RunResult
 from peft_core.runtime.checkpointing import resume_path
-from peft_core.runtime.distributed import (
-    DistInfo,
-    barrier,
-    gather_lists,
-    init_distributed,
-    shutdown,
-)
-from peft_core.runtime.session import resolve_device, seed_everything, setup_logging
+from peft_core.runtime.distributed import DistInfo, barrier, distributed_run, gather_lists
+from peft_core.runtime.session import start_run
 from torch import nn
 
 from vl_adapter_vlpet.checkpointing import (
@@ -61,7 +55,6 @@ from vl_adapter_vlpet.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
-    dump_yaml,
     from_dict,
     load_config,
     normalize_overrides,
@@ -92,18 +85,14 @@ class Session:
         return self.config.run.progress and self.info.is_main
 
 
-def build_session(config: TrainConfig, info: DistInfo, out: Path, log_file: Path | None) -> Session:
-    """Logging, seed, device and the model of a run (``init_from`` weights loaded)."""
+def build_session(config: TrainConfig, info: DistInfo, out: Path, log_file: Path | None,
+                  write_config: bool = False) -> Session:
+    """Logging, seed, device (:func:`peft_core.runtime.session.start_run`) and the model of a run (``init_from``
+    weights loaded)."""
     from vl_adapter_vlpet.models import build_model
 
-    setup_logging(log, log_file, info.is_main)
-    if config.run.quiet:
-        for handler in log.handlers:
-            if not isinstance(handler, logging.FileHandler):
-                handler.setLevel(logging.WARNING)
-    device = resolve_device(config.run.device, info)
-    amp = config.run.amp and device.type == "cuda"
-    seed_everything(config.run.seed + info.rank)
+    out, device, amp = start_run(log, config, info, out=out, write_config=write_config, log_file=log_file,
+                                 quiet=config.run.quiet)
     if config.model.tokenizer is None and config.model.pretrained is None:
         raise ConfigError("model.tokenizer and model.pretrained are both null; expected a local tokenizer folder "
                           "(model.tokenizer) or a transformers checkpoint folder (model.pretrained) to read text")
@@ -119,19 +108,12 @@ def load_init_weights(model: nn.Module, path: str | Path) -> None:
     checkpoint of this package (its ``model`` state) or a ``state_dict`` file (``.pt`` / ``.safetensors``) of the
     VL model. Every base tensor must be present."""
     path = Path(path)
-    if not path.is_file():
-        raise TrainCheckpointError(f"{path}: run.init_from file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and state.get("format") == FORMAT:
-            if "model" not in state:
-                raise TrainCheckpointError(f"{path}: a training checkpoint of a PETL method holds no full model; "
-                                           "run.init_from expects a full fine-tuning checkpoint or a state dict")
-            state = state["model"]
+    state = load_tensor_file(path, TrainCheckpointError, "weights file (run.init_from)")
+    if path.suffix != ".safetensors" and isinstance(state, dict) and state.get("format") == FORMAT:
+        if "model" not in state:
+            raise TrainCheckpointError(f"{path}: a training checkpoint of a PETL method holds no full model; "
+                                       "run.init_from expects a full fine-tuning checkpoint or a state dict")
+        state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TrainCheckpointError(f"{path}: expected a state dict of tensors (run.init_from)")
     base = {k for k in model.state_dict() if ".petl." not in k}
@@ -258,11 +240,8 @@ def _flat_metrics(metrics: dict[str, dict[str, float]], prefix: str) -> dict[str
 def run_training(config: TrainConfig) -> dict[str, RunResult] | None:
     """Train, validate, test; returns the results by task (plus ``"average"``), or None when stopped by
     ``run.stop_after`` (the same command resumes)."""
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         return _train(config, info)
-    finally:
-        shutdown(info)
 
 
 def _warn_about_recipe(config: TrainConfig) -> None:
@@ -286,12 +265,8 @@ def _train(config: TrainConfig, info: DistInfo) -> dict[str, RunResult] | None:
 
     started = time.time()
     out = Path(config.run.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(config))
-    session = build_session(config, info, out, out / "log.txt")
+    session = build_session(config, info, out, out / "log.txt", write_config=True)
     bundle = session.bundle
-    log.info("config\n%s", dump_yaml(config))
     log.info("method %s on %s\n%s", bundle.method, bundle.backbone, bundle.params.table(f"{bundle.backbone} + "
                                                                                         f"{bundle.method}"))
     _warn_about_recipe(config)
@@ -480,8 +455,7 @@ def run_evaluation(checkpoint: str | Path | None, overrides: list[str] | None = 
     ``run.output_dir``."""
     if split not in ("test", "val"):
         raise ConfigError(f"--split {split!r} is not allowed; expected 'test' or 'val'")
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         if checkpoint is None:
             config = load_config(config_file, overrides)
             return _evaluate(config, None, split, output or Path(config.run.output_dir) / f"eval-{split}", info)
@@ -490,8 +464,6 @@ def run_evaluation(checkpoint: str | Path | None, overrides: list[str] | None = 
                            f"{checkpoint} (config)")
         out = output if output is not None else Path(checkpoint).parent / f"eval-{split}"
         return _evaluate(config, (Path(checkpoint), payload), split, out, info)
-    finally:
-        shutdown(info)
 
 
 def _evaluate(config: TrainConfig, checkpoint: tuple[Path, dict[str, Any]] | None, split: str, output: str | Path,

@@ -18,42 +18,45 @@ import argparse
 import sys
 from pathlib import Path
 
+from peft_core.runtime.cli import (
+    OVERRIDES_METAVAR,
+    add_compare_command,
+    add_demo_command,
+    add_train_command,
+    forward_compare,
+    report_errors,
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vse-infty", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train (config file + section.key=value overrides); resumes automatically")
-    p.add_argument("--config", help="YAML or JSON file; omitted keys take the UniPT-on-VSE-infty defaults")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    add_train_command(sub, "YAML or JSON file, or a shipped recipe name; omitted keys take the UniPT-on-VSE-infty "
+                           "defaults")
     p = sub.add_parser("eval", help="evaluate a training checkpoint (its config, with overrides)")
     p.add_argument("--checkpoint", required=True, help="checkpoint-best.pt or checkpoint-last.pt of a run")
     p.add_argument("--split", default=None,
                    help="split to evaluate (default: data.test_split: f30k 'test', coco 'testall' = 5-fold 1K + 5K)")
     p.add_argument("--output", help="result JSON path (default: eval-<split>.json next to the checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    p = sub.add_parser("compare", help="compare result JSON files with shared/baselines (peft_core.compare)",
-                       add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.add_argument("overrides", nargs="*", metavar=OVERRIDES_METAVAR)
+    add_compare_command(sub)
     p = sub.add_parser("params", help="trainable parameters of a method on the real-size towers (meta device)")
     p.add_argument("--method", help="full-finetune, frozen, unipt, lora, adapter, bitfit, lst (default: the "
                                     "config's method.name, unipt)")
     p.add_argument("--config", help="take the model / method sections from this training config")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("overrides", nargs="*", metavar=OVERRIDES_METAVAR)
     p = sub.add_parser("memory", help="peak memory of one training step per method (one subprocess each)")
     p.add_argument("--methods", default="unipt,full-finetune")
     p.add_argument("--config", help="take the model section from this training config")
     p.add_argument("--batch", type=int, default=2, help="images (and captions) per step")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--output", default="runs/vse_infty_memory.json", help="where the JSON rows are written")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("overrides", nargs="*", metavar=OVERRIDES_METAVAR)
     sub.add_parser("config", help="print the default configuration as YAML")
-    p = sub.add_parser("demo", help="frozen real MiniLM-L6 + EfficientNet-Lite0 on synthetic image-caption pairs: "
-                                    "UniPT vs full fine-tuning")
-    p.add_argument("--out", default="runs/demo/vse_infty")
-    p.add_argument("--quick", action="store_true", help="smaller data and fewer steps (for tests)")
-    p.add_argument("--seed", type=int, default=0)
+    add_demo_command(sub, "frozen real MiniLM-L6 + EfficientNet-Lite0 on synthetic image-caption pairs: UniPT vs "
+                          "full fine-tuning", out="runs/demo/vse_infty")
     return parser
 
 
@@ -74,24 +77,16 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compare":
-        from peft_core.compare import compare_main
-
-        return compare_main(argv[1:])
+    forwarded = forward_compare(argv)
+    if forwarded is not None:
+        return forwarded
     args = _parser().parse_args(argv)
     if args.command == "config":
         from vse_infty.config import TrainConfig, dump_yaml
 
         print(dump_yaml(TrainConfig()), end="")
         return 0
-    try:
-        return _run(args)
-    except _errors() as exc:
-        first, *details = str(exc).strip().splitlines() or [type(exc).__name__]
-        print(f"error: {first}", file=sys.stderr)
-        for line in details:  # e.g. a checkpoint's key-mapping report
-            print(f"  {line}", file=sys.stderr)
-        return 2
+    return report_errors(lambda: _run(args), _errors())
 
 
 def _run(args: argparse.Namespace) -> int:

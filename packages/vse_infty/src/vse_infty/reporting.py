@@ -10,7 +10,6 @@ the five 1K folds; the full 5K numbers are stored beside them as ``coco5k_*``); 
 
 from __future__ import annotations
 
-import io
 import json
 import resource
 import sys
@@ -95,26 +94,12 @@ def metrics_line(metrics: dict[str, float], prefix: str = "") -> str:
 
 
 def result_table(result: RunResult) -> str:
-    """The result as a small text table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{result.system}: {result.method} on {result.dataset}/{result.split} ({result.backbone})")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.2f}")
+    """The result as a small text table (:meth:`peft_core.results.RunResult.table`)."""
+    details = []
     if "num_images" in result.extra:
-        table.add_row("images / captions", f"{result.extra['num_images']} / {result.extra.get('num_captions', '?')}")
-    table.add_row("trainable params", f"{result.trainable_params:,} ({result.trainable_percent or 0:.3f}%)")
-    table.add_row("total params", f"{result.total_params:,}")
-    if result.wall_time_s is not None:
-        table.add_row("wall time", f"{result.wall_time_s:.1f} s")
-    if result.peak_memory_mb is not None:
-        table.add_row("peak memory", f"{result.peak_memory_mb:.0f} MiB")
-    buffer = io.StringIO()
-    Console(file=buffer, width=120, color_system=None).print(table)
-    return buffer.getvalue()
+        images, captions = result.extra["num_images"], result.extra.get("num_captions", "?")
+        details.append(("images / captions", f"{images} / {captions}"))
+    return result.table(details)
 
 
 # ------------------------------------------------------------------------------------------- parameter counts

@@ -32,8 +32,8 @@ import torch
 from peft_core.report import count_parameters
 from peft_core.results import RunResult
 from peft_core.runtime.checkpointing import resume_path
-from peft_core.runtime.distributed import DistInfo, barrier, gather_lists, init_distributed, shutdown
-from peft_core.runtime.session import resolve_device, seed_everything, setup_logging
+from peft_core.runtime.distributed import DistInfo, barrier, distributed_run, gather_lists
+from peft_core.runtime.session import seed_everything, start_run
 from torch import nn
 
 from vse_infty.checkpointing import (
@@ -49,7 +49,7 @@ from vse_infty.checkpointing import (
     trainable_state,
 )
 from vse_infty.confidence_plot import plot_confidences
-from vse_infty.config import ConfigError, TrainConfig, apply_overrides, dump_yaml, from_dict
+from vse_infty.config import ConfigError, TrainConfig, apply_overrides, from_dict
 from vse_infty.data.layout import SplitData, read_split
 from vse_infty.data.loaders import make_train_loader, set_epoch
 from vse_infty.data.transforms import build_transform
@@ -135,24 +135,14 @@ def _payload(model: nn.Module, config: TrainConfig, optimizer: torch.optim.Optim
 # ------------------------------------------------------------------------------------------------------- training
 def run_training(config: TrainConfig) -> RunResult | None:
     """Train, validate every epoch, test the best weights; returns the result (None if stopped by run.stop_after)."""
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         return _train(config, info)
-    finally:
-        shutdown(info)
 
 
 def _train(config: TrainConfig, info: DistInfo) -> RunResult | None:
     started = time.time()
-    out = Path(config.run.output_dir)
-    setup_logging(log, out / "log.txt", info.is_main)
-    device = resolve_device(config.run.device, info)
-    amp = config.run.amp and device.type == "cuda"
+    out, device, amp = start_run(log, config, info)
     progress = config.run.progress and info.is_main
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(config))
-    log.info("config\n%s", dump_yaml(config))
     d = config.data
     batch = per_process_batch(config, info)
     test_split = d.resolved_test_split()
@@ -301,11 +291,8 @@ def _wrap(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
 def run_evaluation(checkpoint: str | Path, overrides: list[str] | None = None, split: str | None = None,
                    output: str | Path | None = None) -> RunResult:
     """Evaluate a training checkpoint (its config, with ``overrides``) on ``split`` (default: the test split)."""
-    info = init_distributed()
-    try:
+    with distributed_run() as info:
         return _evaluate_checkpoint(Path(checkpoint), overrides or [], split, output, info)
-    finally:
-        shutdown(info)
 
 
 def _evaluate_checkpoint(checkpoint: Path, overrides: list[str], split: str | None, output: str | Path | None,
@@ -314,9 +301,7 @@ def _evaluate_checkpoint(checkpoint: Path, overrides: list[str], split: str | No
     payload = read_checkpoint(checkpoint)
     config = from_dict(apply_overrides(payload["config"], ["run.resume=none", *overrides]),
                        f"{checkpoint} (config)")
-    setup_logging(log, None, info.is_main)
-    device = resolve_device(config.run.device, info)
-    amp = config.run.amp and device.type == "cuda"
+    _, device, amp = start_run(log, config, info, write_config=False, log_file=None, seed_per_rank=False)
     split = split or config.data.resolved_test_split()
     data = load_split(config, split)
     seed_everything(config.run.seed)  # the same random init as the training run for towers without weights

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from peft_core.checkpoint import adapter_state_dict, load_adapter_state_dict
-from peft_core.io import atomic_write
+from peft_core.io import atomic_write, load_tensor_file
 from peft_core.model import adapter_records
 
 LAST = "checkpoint-last.pt"
@@ -85,12 +85,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 def read_checkpoint(path: str | Path, fmt: str, hint: str = "") -> dict[str, Any]:
     """Read a training checkpoint whose ``"format"`` is ``fmt``; ``hint`` is appended to a format error."""
     path = Path(path)
-    if not path.is_file():
-        raise TrainCheckpointError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainCheckpointError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    payload = load_tensor_file(path, TrainCheckpointError, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise TrainCheckpointError(f"{path}: not a training checkpoint of this package (format {found!r}, expected "

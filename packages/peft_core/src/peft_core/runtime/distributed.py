@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,17 @@ def init_distributed() -> DistInfo:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed_run() -> Iterator[DistInfo]:
+    """``with distributed_run() as info:`` the process group of a torchrun launch (or a single process), torn down
+    on exit even when the run raises."""
+    info = init_distributed()
+    try:
+        yield info
+    finally:
+        shutdown(info)
 
 
 def barrier(info: DistInfo) -> None:

@@ -1,4 +1,4 @@
-"""Per-run set-up shared by the task packages: logging, seeding, device choice and the NaN guard."""
+"""Per-run set-up shared by the task packages: output folder, logging, seeding, device choice and the NaN guard."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import math
 import random
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -58,3 +59,41 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+class RunSetup(NamedTuple):
+    """Where a run writes (``out``), the device it runs on and whether autocast (CUDA only) is on."""
+
+    out: Path
+    device: torch.device
+    amp: bool
+
+
+def start_run(log: logging.Logger, config: Any, info: DistInfo, *, out: Path | None = None, write_config: bool = True,
+              log_file: Path | str | None = "log.txt", quiet: bool = False, seed_per_rank: bool = True) -> RunSetup:
+    """The common start of a task package's run from its config (``config.run.{output_dir, device, amp, seed}``).
+
+    The main process writes ``config.yaml`` (``write_config``) into ``out`` (default ``run.output_dir``), created
+    when something is written there. Logging goes to stderr (WARNING and above with ``quiet``) and to ``log_file``
+    (relative to ``out``; None: no file).
+    Every process is seeded with ``run.seed + rank`` (``seed_per_rank``, training) or ``run.seed`` (evaluation).
+    The device follows ``run.device`` (``auto``: CUDA when available; ``cuda:LOCAL_RANK`` under torchrun); AMP is
+    on only on CUDA. The config is logged as YAML.
+    """
+    from peft_core.runtime.config import dump_yaml
+
+    run = config.run
+    out = Path(run.output_dir if out is None else out)
+    text = dump_yaml(config)
+    if info.is_main and write_config:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(text)
+    setup_logging(log, None if log_file is None else out / log_file, info.is_main)
+    if quiet:
+        for handler in log.handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.WARNING)
+    device = resolve_device(run.device, info)
+    seed_everything(run.seed + (info.rank if seed_per_rank else 0))
+    log.info("config\n%s", text)
+    return RunSetup(out, device, bool(run.amp) and device.type == "cuda")

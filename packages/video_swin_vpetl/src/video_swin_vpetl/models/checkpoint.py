@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft_core.io import load_tensor_file
 from torch import nn
 
 WRAPPERS = ("state_dict", "model", "module")
@@ -85,13 +86,7 @@ class LoadReport:
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
     """The tensors of a checkpoint file and the wrapper key they were under (None if top level)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointLoadError(f"{path}: checkpoint file not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointLoadError(
-            f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc})") from None
+    data = load_tensor_file(path, CheckpointLoadError, "checkpoint file")
     return unwrap(data, str(path))
 
 

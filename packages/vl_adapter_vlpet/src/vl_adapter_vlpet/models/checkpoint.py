@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft_core.io import load_tensor_file
 from torch import nn
 
 from vl_adapter_vlpet.models.upstream_keys import (
@@ -96,13 +97,7 @@ def read_upstream_state_dict(source: str | Path | dict[str, Any]) -> tuple[dict[
     else:
         path = Path(source)
         name = str(path)
-        if not path.is_file():
-            raise UpstreamCheckpointError(f"{path}: upstream checkpoint file not found (model.upstream_checkpoint)")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UpstreamCheckpointError(f"{path}: cannot be read as a torch checkpoint "
-                                          f"({type(exc).__name__}: {exc})") from None
+        data = load_tensor_file(path, UpstreamCheckpointError, "torch checkpoint file (model.upstream_checkpoint)")
     if not isinstance(data, dict):
         raise UpstreamCheckpointError(f"{name}: expected a dict of tensors (a state_dict), got {type(data).__name__}")
     for key in WRAPPERS:
