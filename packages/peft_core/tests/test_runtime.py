@@ -203,3 +203,19 @@ def test_result_table_lists_metrics_details_and_counts() -> None:
     for expected in ("s: m on d/test (b)", "rsum", "512.25", "images", "1,000 (25.000%)", "4,000", "3.0 s"):
         assert expected in text, expected
     assert "peak memory" not in text
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("resume", "nowhere.pt", r"run.resume='nowhere.pt': expected 'auto', 'none' or an existing checkpoint file"),
+    ("device", "tpu", r"run.device='tpu' is not allowed"),
+    ("stop_after", 0, r"run.stop_after=0 is not allowed"),
+    ("eval_every", -1, r"run.eval_every=-1 is not allowed"),
+])
+def test_shared_run_section_checks_name_the_key(key: str, value: object, message: str) -> None:
+    from dataclasses import replace
+
+    from peft_core.runtime.config import RunSection
+
+    RunSection().check()
+    with pytest.raises(ConfigError, match=message):
+        replace(RunSection(), **{key: value}).check()

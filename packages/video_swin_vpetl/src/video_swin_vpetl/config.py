@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from peft_core.runtime import config as runtime_config
-from peft_core.runtime.config import ConfigError, apply_overrides, check_choices, check_positive, dump_yaml
+from peft_core.runtime.config import (
+    ConfigError,
+    RunSection,
+    apply_overrides,
+    check_choices,
+    check_positive,
+    dump_yaml,
+)
 
 __all__ = ["ConfigError", "TrainConfig", "apply_overrides", "dump_yaml", "from_dict", "load_config"]
 
@@ -79,18 +86,11 @@ class OptimConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(RunSection):
+    """The shared keys (:class:`peft_core.runtime.config.RunSection`) and the evaluation batch size."""
+
     output_dir: str = "runs/v_petl"
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    resume: str = "auto"
-    stop_after: int | None = None
-    eval_every: int = 1
     eval_batch_size: int = 2
-    eval_before: bool = False
-    final_test: bool = True
-    progress: bool = True
 
 
 @dataclass
@@ -119,15 +119,11 @@ class TrainConfig:
         if self.data.train_short_side < self.data.input_size:
             raise ConfigError(f"data.train_short_side={self.data.train_short_side} is smaller than data.input_size="
                               f"{self.data.input_size}; expected >= input_size")
-        if self.run.resume not in ("auto", "none") and not Path(self.run.resume).is_file():
-            raise ConfigError(f"run.resume={self.run.resume!r}: expected 'auto', 'none' or an existing "
-                              "checkpoint file")
         check_choices({"model.head": (self.model.head, ("vpetl", "i3d")),
                        "data.backend": (self.data.backend, ("auto", "pyav", "decord")),
                        "method.patt_init": (self.method.patt_init, ("upstream", "zero_up")),
                        "method.adapter_init": (self.method.adapter_init, ("lora", "zero_up", "bert"))})
-        if self.run.device not in ("auto", "cpu") and not self.run.device.startswith("cuda"):
-            raise ConfigError(f"run.device={self.run.device!r} is not allowed; expected 'auto', 'cpu' or 'cuda[:N]'")
+        self.run.check()
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:

@@ -25,7 +25,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from peft_core.runtime import config as runtime_config
-from peft_core.runtime.config import ConfigError, apply_overrides, check_choices, check_positive, dump_yaml
+from peft_core.runtime.config import (
+    ConfigError,
+    RunSection,
+    apply_overrides,
+    check_choices,
+    check_positive,
+    dump_yaml,
+)
 
 from vl_adapter_vlpet.models.config import MethodConfig, ModelConfig
 
@@ -146,8 +153,8 @@ class OptimConfig:
 
 
 @dataclass
-class RunConfig:
-    """``run`` section.
+class RunConfig(RunSection):
+    """``run`` section (the shared keys: :class:`peft_core.runtime.config.RunSection`).
 
     ``test_checkpoint``: ``best`` tests the weights of the epoch with the best validation average over the tasks;
     ``last`` tests the last epoch's weights (what upstream ``src/multitask.py`` does). ``stop_after`` stops after N
@@ -162,15 +169,7 @@ class RunConfig:
 
     output_dir: str = "runs/vl_pet"
     seed: int = 42
-    device: str = "auto"
-    amp: bool = True
-    resume: str = "auto"
-    stop_after: int | None = None
-    eval_every: int = 1
-    eval_before: bool = False
-    final_test: bool = True
     test_checkpoint: str = "best"
-    progress: bool = True
     quiet: bool = False
     log_every: int = 10
     tensorboard: bool = True
@@ -197,12 +196,11 @@ class TrainConfig:
         d, o, r = self.data, self.optim, self.run
         check_positive({"data.batch_size": d.batch_size, "optim.epochs": o.epochs, "optim.lr": o.lr,
                         "optim.adam_eps": o.adam_eps, "run.log_every": r.log_every})
-        check_positive({"run.eval_every": r.eval_every, "optim.weight_decay": o.weight_decay,
+        check_positive({"optim.weight_decay": o.weight_decay,
                         "optim.warmup_ratio": o.warmup_ratio, "optim.clip_grad_norm": o.clip_grad_norm,
                         "data.num_workers": d.num_workers}, strict=False)
         optional = {"data.eval_batch_size": d.eval_batch_size, "data.train_limit": d.train_limit,
-                    "data.eval_limit": d.eval_limit, "run.stop_after": r.stop_after,
-                    "run.gate_batches": r.gate_batches}
+                    "data.eval_limit": d.eval_limit, "run.gate_batches": r.gate_batches}
         check_positive({k: v for k, v in optional.items() if v is not None})
         if o.dropout is not None and not 0.0 <= o.dropout < 1.0:
             raise ConfigError(f"optim.dropout={o.dropout!r} is not allowed; expected a number in [0, 1) or null")
@@ -224,10 +222,7 @@ class TrainConfig:
                        "run.test_checkpoint": (r.test_checkpoint, ("best", "last"))})
         if r.init_from is not None and not Path(r.init_from).is_file():
             raise ConfigError(f"run.init_from={r.init_from!r}: file not found; expected a checkpoint or state dict")
-        if r.resume not in ("auto", "none") and not Path(r.resume).is_file():
-            raise ConfigError(f"run.resume={r.resume!r}: expected 'auto', 'none' or an existing checkpoint file")
-        if r.device not in ("auto", "cpu") and not r.device.startswith("cuda"):
-            raise ConfigError(f"run.device={r.device!r} is not allowed; expected 'auto', 'cpu' or 'cuda[:N]'")
+        r.check()
 
     def _validate_tasks(self) -> None:
         d = self.data

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from peft_core.runtime import config as runtime_config
-from peft_core.runtime.config import ConfigError, apply_overrides, check_choices, check_positive, dump_yaml
+from peft_core.runtime.config import (
+    ConfigError,
+    RunSection,
+    apply_overrides,
+    check_choices,
+    check_positive,
+    dump_yaml,
+)
 
 from vse_infty.model.config import MethodConfig, ModelConfig
 
@@ -108,25 +115,14 @@ class OptimConfig:
 
 
 @dataclass
-class RunConfig:
-    """Output, device, resume and logging.
+class RunConfig(RunSection):
+    """Output, device, resume and logging (the shared keys: :class:`peft_core.runtime.config.RunSection`).
 
-    ``resume``: ``auto`` (``output_dir/checkpoint-last.pt`` when present), ``none`` or a checkpoint path.
-    ``stop_after``: stop after N epochs of this invocation (the same command resumes). ``eval_before``: also test
-    the untrained model (stored as ``*_before`` in the result). ``log_every``: steps between log lines (upstream
-    ``log_step`` 200).
+    ``eval_before`` results are stored as ``*_before`` in the result. ``log_every``: steps between log lines
+    (upstream ``log_step`` 200).
     """
 
     output_dir: str = "runs/vse_infty"
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    resume: str = "auto"
-    stop_after: int | None = None
-    eval_every: int = 1
-    eval_before: bool = False
-    final_test: bool = True
-    progress: bool = True
     log_every: int = 200
 
 
@@ -157,17 +153,12 @@ class TrainConfig:
             check_positive({"data.val_max_images": d.val_max_images})
         if o.loss_warmup_epoch is not None:
             check_positive({"optim.loss_warmup_epoch": o.loss_warmup_epoch}, strict=False)
-        if r.stop_after is not None:
-            check_positive({"run.stop_after": r.stop_after})
         for key, split in (("data.train_split", d.train_split), ("data.val_split", d.val_split),
                            ("data.test_split", d.test_split)):
             if split is not None and (not split or "/" in split):
                 raise ConfigError(f"{key}={split!r} is not allowed; expected a split name such as 'train', 'dev', "
                                   "'test' or 'testall' (files precomp/<split>_caps.txt ...)")
-        if r.resume not in ("auto", "none") and not Path(r.resume).is_file():
-            raise ConfigError(f"run.resume={r.resume!r}: expected 'auto', 'none' or an existing checkpoint file")
-        if r.device not in ("auto", "cpu") and not r.device.startswith("cuda"):
-            raise ConfigError(f"run.device={r.device!r} is not allowed; expected 'auto', 'cpu' or 'cuda[:N]'")
+        r.check()
         for section, value in (("model", self.model), ("method", self.method)):
             check = getattr(value, "validate", None)
             if callable(check):

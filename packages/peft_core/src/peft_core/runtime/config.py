@@ -152,3 +152,37 @@ def check_choices(values: dict[str, tuple[Any, tuple]]) -> None:
     for key, (value, allowed) in values.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not allowed; expected one of {list(allowed)}")
+
+
+@dataclasses.dataclass
+class RunSection:
+    """The ``run`` section every task package shares (a package subclasses it to add its own keys).
+
+    ``output_dir``: where ``config.yaml``, ``log.txt``, the checkpoints and the results go. ``seed``: process ``r``
+    is seeded with ``seed + r``. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``. ``amp``:
+    autocast on CUDA (ignored on the CPU). ``resume``: ``auto`` (``output_dir/checkpoint-last.pt`` when present),
+    ``none`` or a checkpoint path. ``stop_after``: stop after N epochs of this invocation (the same command
+    resumes). ``eval_every``: validate every N epochs. ``eval_before``: also test the untrained model.
+    ``final_test``: test the best (validation) weights at the end. ``progress``: progress bars.
+    """
+
+    output_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    resume: str = "auto"
+    stop_after: int | None = None
+    eval_every: int = 1
+    eval_before: bool = False
+    final_test: bool = True
+    progress: bool = True
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming the ``run.`` key of an invalid shared value."""
+        if self.stop_after is not None:
+            check_positive({"run.stop_after": self.stop_after})
+        check_positive({"run.eval_every": self.eval_every}, strict=False)
+        if self.resume not in ("auto", "none") and not Path(self.resume).is_file():
+            raise ConfigError(f"run.resume={self.resume!r}: expected 'auto', 'none' or an existing checkpoint file")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"run.device={self.device!r} is not allowed; expected 'auto', 'cpu' or 'cuda[:N]'")
