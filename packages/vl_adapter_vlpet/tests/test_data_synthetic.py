@@ -86,3 +86,8 @@ def test_generation_is_seeded_and_real_sized(tmp_path: Path) -> None:
         assert feats.shape == (49, 2048) and feats.dtype == np.float16
     with pytest.raises(ValueError, match="n_images=3 is too small"):
         make_synthetic_multitask(tmp_path / "c", n_images=3)
+    big = make_synthetic_multitask(tmp_path / "d", n_images=7, seed=5, feat_dim=16, eval_images=4)["counts"]
+    assert big["vqa/karpathy_train"] == a["counts"]["vqa/karpathy_train"], "training size unchanged"
+    assert big["caption/karpathy_test"] == 4 and big["caption/karpathy_val"] == 4
+    with pytest.raises(ValueError, match="eval_images=0 is too small"):
+        make_synthetic_multitask(tmp_path / "e", n_images=7, eval_images=0)

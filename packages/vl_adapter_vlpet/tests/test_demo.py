@@ -23,6 +23,9 @@ def test_quick_demo_learns_with_vl_pet_and_full_finetuning(tmp_path: Path) -> No
     summary = json.loads((tmp_path / "demo.json").read_text())
     losses = [epoch["caption_loss"] for epoch in summary["pretrain"]]
     assert len(summary["rows"]) == 2 and losses[-1] < losses[0] / 2
+    constant = summary["best_constant_answer"]
+    assert constant["gqa"] == 50.0, "GQA's synthetic yes / no questions are balanced by construction"
+    assert set(constant) == set(QA_TASKS) and all(0.0 < v <= 100.0 for v in constant.values())
     compared = RunResult.read(tmp_path / "compare" / "vl-pet-large.json")
     assert compared.backbone == "bart-base" and compared.trainable_params == vl_pet.real_trainable
     assert (tmp_path / "runs" / "vl-pet-large" / "results" / "average.json").is_file()

@@ -62,7 +62,8 @@ METHODS = (
 
 @dataclass(frozen=True)
 class DemoSettings:
-    n_images: int = 60
+    n_images: int = 160
+    eval_images: int | None = 40
     feat_dim: int = 32
     pretrain_epochs: int = 30
     epochs: int = 15
@@ -75,8 +76,8 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
-QUICK = DemoSettings(n_images=24, pretrain_epochs=30, epochs=20, batch_size=12, eval_every=0, random_strings=200,
-                     lr_scale=2.0)
+QUICK = DemoSettings(n_images=24, eval_images=None, pretrain_epochs=30, epochs=20, batch_size=12, eval_every=0,
+                     random_strings=200, lr_scale=2.0)
 """The reduced budget of ``--quick`` (tests): fewer images, no validation (the last weights are tested)."""
 
 
@@ -224,8 +225,24 @@ def compare_files(rows: list[DemoRow], out: Path, seed: int) -> list[Path]:
     return paths
 
 
-def render(rows: list[DemoRow], seconds: float, settings: DemoSettings) -> str:
-    """The demo's table: trainable % (tiny and real size, paper) and test metrics before -> after."""
+def constant_answer_scores(data_root: Path) -> dict[str, float]:
+    """Per QA task, the test score of the best constant answer (VQA / GQA: the answer with the highest mean soft
+    score over the test labels; NLVR2: the majority label): what a model that ignores image and question gets."""
+    def best_constant(labels: list[dict[str, float]]) -> float:
+        answers = {a for label in labels for a in label}
+        return 100.0 * max(sum(label.get(a, 0.0) for label in labels) for a in answers) / len(labels)
+
+    vqa = json.loads((data_root / "vqa" / "karpathy_test.json").read_text())
+    gqa = json.loads((data_root / "GQA" / "testdev.json").read_text())
+    nlvr = [{str(r["label"]): 1.0} for r in json.loads((data_root / "nlvr" / "test.json").read_text())]
+    return {"vqa": best_constant([r["label"] for r in vqa]), "gqa": best_constant([r["label"] for r in gqa]),
+            "nlvr2": best_constant(nlvr)}
+
+
+def render(rows: list[DemoRow], seconds: float, settings: DemoSettings,
+           constant: dict[str, float] | None = None) -> str:
+    """The demo's table: trainable % (tiny and real size, paper), test metrics before -> after, and the score of
+    the best constant answer per QA task (``constant``)."""
     head = (f"{'method':<36} {'tiny trainable':>15} {'real %':>7} {'Table 2':>7}  "
             + "  ".join(f"{METRICS[t]:>15}" for t in TASKS) + f"  {'s':>5}")
     lines = [f"\nDemo: tiny VL-BART pre-trained on captioning + text denoising, then {settings.epochs} epochs of the "
@@ -239,6 +256,9 @@ def render(rows: list[DemoRow], seconds: float, settings: DemoSettings) -> str:
             cells.append(f"{b:6.1f} -> {a:5.1f}" if b is not None and a is not None else f"{'-':>15}")
         lines.append(f"{r.method:<36} {r.trainable:>7,} ({r.percent:4.1f}%) {r.real_percent:7.2f} {paper}  "
                      + "  ".join(f"{c:>15}" for c in cells) + f"  {r.seconds:5.0f}")
+    if constant:
+        cells = [f"{constant[t]:15.1f}" if t in constant else f"{'-':>15}" for t in TASKS]
+        lines.append(f"{'best constant answer (no learning)':<36} {'':>15} {'':>7} {'':>7}  " + "  ".join(cells))
     lines.append("tiny trainable: the d=64 demo model; real %: the same method on VL-BART-base (meta device); "
                  f"Table 2: the paper's Params %. Total {seconds:.0f} s.")
     return "\n".join(lines)
@@ -258,7 +278,8 @@ def run_demo(out: str | Path = "runs/demo/vl_adapter_vlpet", *, quick: bool = Fa
     settings = QUICK if quick else FULL
     out = Path(out)
     started = time.time()
-    info = make_synthetic_multitask(out / "data", n_images=settings.n_images, seed=seed, feat_dim=settings.feat_dim)
+    info = make_synthetic_multitask(out / "data", n_images=settings.n_images, seed=seed, feat_dim=settings.feat_dim,
+                                    eval_images=settings.eval_images)
     tiny_tokenizer("bart-base", out / "tokenizer", texts=WORDS)
     print(f"[demo] synthetic multitask set in {out / 'data'}: {info['counts']}", flush=True)
     print(f"[demo] pre-training the tiny VL-BART: captioning + text denoising ({settings.pretrain_epochs} epochs)...",
@@ -275,13 +296,15 @@ def run_demo(out: str | Path = "runs/demo/vl_adapter_vlpet", *, quick: bool = Fa
         print(f"[demo] {method.label}: {settings.epochs} epochs on {', '.join(TASKS)}...", flush=True)
         rows.append(run_method(method, out, backbone, settings, seed))
     seconds = time.time() - started
-    print(render(rows, seconds, settings))
+    constant = constant_answer_scores(out / "data")
+    print(render(rows, seconds, settings, constant))
     paths = compare_files(rows, out, seed)
     report = compare_runs([_read(p) for p in paths], load_baselines("vl_pet"), labels=[p.stem for p in paths],
                           same_method_only=True)
     print("\nReal-size trainable % (VL-BART-base) against the paper's Table 2 (peft_core.compare):")
     print(render_text(report))
     summary = {"settings": asdict(settings), "seed": seed, "wall_time_s": seconds, "data": info["counts"],
+               "best_constant_answer": constant,
                "pretrain": pretrain_history,
                "rows": [{**asdict(r), "percent": r.percent, "real_percent": r.real_percent} for r in rows],
                "compare_files": [str(p) for p in paths]}

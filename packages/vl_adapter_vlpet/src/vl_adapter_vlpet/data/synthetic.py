@@ -15,7 +15,8 @@ so the answer to every question can be read from the pooled features. Files (``m
 
 VQA asks the colour, the shape or the count ("what color is the object?" -> "red", "how many objects are there?"
 -> "2"); 9 of the 10 human answers are right, the 10th is a random other answer (soft labels as LXMERT:
-1 answer 0.3, 2 0.6, 3 0.9, 4+ 1.0). GQA asks yes/no questions ("is the object red?"). NLVR2 states a relation of
+1 answer 0.3, 2 0.6, 3 0.9, 4+ 1.0). GQA asks yes/no questions ("is the object red?"), half of them true, so
+answering the majority class scores 50. NLVR2 states a relation of
 two images ("both images show circles", "the left image has more objects than the right image") labelled true /
 false. COCO captions describe the image ("two red circles", "a picture of two red circles", ...). Every word is in
 :data:`WORDS`.
@@ -100,6 +101,14 @@ def _captions(colour: str, shape: str, count: int) -> list[str]:
             f"an image showing {phrase}", f"{NUMBER_WORDS[count]} {noun}"]
 
 
+def _true_or_other(value: str, values: tuple[str, ...], true: bool, rng: np.random.Generator) -> str:
+    """``value`` (``true``) or a random one of the other ``values``: alternating makes yes / no balanced."""
+    if true:
+        return value
+    others = [v for v in values if v != value]
+    return others[int(rng.integers(len(others)))]
+
+
 def _nlvr_statement(a: tuple[str, str, int], b: tuple[str, str, int], rng: np.random.Generator) -> tuple[str, bool]:
     kind = int(rng.integers(4))
     if kind == 0:
@@ -114,15 +123,19 @@ def _nlvr_statement(a: tuple[str, str, int], b: tuple[str, str, int], rng: np.ra
 
 
 def make_synthetic_multitask(root: str | Path, n_images: int = 60, seed: int = 0, feat_dim: int = 2048,
-                             noise: float = 0.5) -> dict[str, Any]:
+                             noise: float = 0.5, eval_images: int | None = None) -> dict[str, Any]:
     """Write the synthetic set under ``root`` (module docstring): ``n_images`` images per dataset folder, split
-    70 / 15 / 15 % into train / val / test. Returns ``{"root": Path, "counts": {task/split: items}}``."""
+    70 / 15 / 15 % into train / val / test; ``eval_images`` sets the val and test sizes instead of the 15 % (larger
+    evaluation sets at the same training size). Returns ``{"root": Path, "counts": {task/split: items}}``."""
     if n_images < 7:
         raise ValueError(f"n_images={n_images} is too small; expected >= 7 (at least one image per split)")
+    if eval_images is not None and eval_images < 1:
+        raise ValueError(f"eval_images={eval_images} is too small; expected >= 1 (or None: 15 % of n_images)")
     root = Path(root)
     rng = np.random.default_rng(seed)
     n_val = max(1, round(0.15 * n_images))
-    sizes = {"train": n_images - 2 * n_val, "val": n_val, "test": n_val}
+    n_eval = n_val if eval_images is None else eval_images
+    sizes = {"train": n_images - 2 * n_val, "val": n_eval, "test": n_eval}
     counts: dict[str, int] = {}
     coco, vg, gqa, nlvr = (_Images(root, f, rng, feat_dim, noise) for f in ("COCO", "VG", "GQA", "nlvr"))
 
@@ -162,7 +175,7 @@ def make_synthetic_multitask(root: str | Path, n_images: int = 60, seed: int = 0
         for k in range(sizes[split]):
             img_id = f"n{k:06d}" if name == "testdev" else f"{1 if name == 'train' else 2}{k:06d}"
             colour, shape, count = images.make(img_id)
-            asked = [COLOURS[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))]]
+            asked = [_true_or_other(colour, COLOURS, k % 2 == 0, rng), _true_or_other(shape, SHAPES, k % 2 == 1, rng)]
             for q, value in enumerate(asked):
                 truth = value in (colour, shape)
                 sent = f"is the object {value}?" if value in COLOURS else f"is the object a {value}?"
