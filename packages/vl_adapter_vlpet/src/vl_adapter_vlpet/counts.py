@@ -12,9 +12,6 @@ which trains it in place. They differ by < 0.01 points.
 ===================  ======================  =======================  ===============================================
 method               BART-base ours / paper  T5-base ours / paper     why they differ (see methods.py)
 ===================  ======================  =======================  ===============================================
-bitfit               1.2106 / 1.21           0.8080 / 0.83            T5: LST's --use_bitfit also gives each
-                                                                      T5LayerNorm a bias (62 x 768); peft_core cannot
-                                                                      add a bias to an RMS norm
 vl-adapter           4.1767 / 4.18           7.9991 / 7.98            T5: upstream's --unfreeze_layer_norms misses
                                                                       T5's norms (7.9795 with method.layer_norms=
                                                                       false); trained here as the script asks

@@ -16,7 +16,8 @@ class BitFitConfig(PetlConfig):
     ``rule`` selects the modules: ``all`` = every module with a bias; ``ofa`` = the pi-Tuning / OFA rule
     (``--bitfit``: biases of modules whose name contains ``layer_norm`` or ``fc``, i.e. LayerNorm biases and FFN
     fc1/fc2 biases; not attention biases); ``custom`` = ``target_modules``.
-    ``add_missing``: give modules without a bias (T5's Linear layers) a zero-initialised one.
+    ``add_missing``: give modules without a bias a zero-initialised one: Linear layers (T5's) and RMS norms
+    (``T5LayerNorm`` / ``RMSNorm``: ``y = g * x / rms(x) + b``, as LST's ``--use_bitfit`` on VL-T5).
     """
 
     method = "bitfit"

@@ -2,7 +2,8 @@
 
 Instead of training the host's own bias / gain in place, a zero-initialised delta is added in a forward hook:
 
-    Linear / Conv:  y' = y + db                      (== training b, same gradient)
+    Linear / Conv:  y' = y + db                      (== training b, same gradient; also a NEW bias on a Linear
+                                                      or an RMS norm without one, ``add_missing``)
     LayerNorm:      y' = y + dg * norm(x) + db       (== training g and b; norm(x) recomputed from the input)
     RMSNorm (T5):   y' = y + dg * x / rms(x)
 
@@ -91,6 +92,9 @@ def bias_size(host: nn.Module) -> int:
     bias = getattr(host, "bias", None)
     if isinstance(bias, torch.Tensor):
         return bias.numel()
+    weight = getattr(host, "weight", None)
+    if is_rms_norm(host) and isinstance(weight, torch.Tensor):
+        return weight.numel()
     raise ValueError(f"cannot tell the output size of a {type(host).__name__}")
 
 

@@ -14,6 +14,11 @@ from peft_core.tuners.bitfit.layer import BiasDeltaLayer, NormDeltaLayer, is_rms
 NORM_TYPES = ["LayerNorm", "T5LayerNorm", "RMSNorm", "LayerNorm2d", "GroupNorm"]
 
 
+def _can_add_bias(module: nn.Module) -> bool:
+    """Modules that ``add_missing`` gives a new bias: Linear layers and RMS norms (output ``+ b``)."""
+    return isinstance(module, nn.Linear) or is_rms_norm(module)
+
+
 def _has_bias(module: nn.Module) -> bool:
     if isinstance(module, nn.MultiheadAttention):
         return module.in_proj_bias is not None
@@ -34,15 +39,15 @@ class BitFitTuner(Tuner):
                 leaf_name = name.split(".")[-1]
                 if config.rule == "ofa" and not ("layer_norm" in leaf_name or "fc" in leaf_name):
                     continue
-                if _has_bias(module) or (config.add_missing and isinstance(module, nn.Linear)):
+                if _has_bias(module) or (config.add_missing and _can_add_bias(module)):
                     found.append((name, module))
         if not found:
             raise TargetError(f"bitfit rule={config.rule!r}: no module with a bias found")
         return found
 
     def check_host(self, name: str, module: nn.Module, config: BitFitConfig) -> None:
-        if not _has_bias(module) and not (config.add_missing and isinstance(module, nn.Linear)):
-            raise TargetError("module has no bias (set add_missing=True to add one to a Linear)")
+        if not _has_bias(module) and not (config.add_missing and _can_add_bias(module)):
+            raise TargetError("module has no bias (set add_missing=True to add one to a Linear or an RMS norm)")
 
     def create_layer(self, name: str, module: nn.Module, config: BitFitConfig) -> MethodLayer:
         return BiasDeltaLayer(module)
