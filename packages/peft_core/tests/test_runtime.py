@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,3 +220,21 @@ def test_shared_run_section_checks_name_the_key(key: str, value: object, message
     RunSection().check()
     with pytest.raises(ConfigError, match=message):
         replace(RunSection(), **{key: value}).check()
+
+
+def test_run_in_fresh_process_returns_the_childs_json_and_names_a_failure(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from peft_core.memory import run_in_fresh_process
+
+    (tmp_path / "child_probe.py").write_text(
+        "import json, os, sys\n"
+        "spec = json.loads(sys.argv[1])\n"
+        "if spec.get('fail'):\n"
+        "    sys.exit('boom: ' + spec['fail'])\n"
+        "print('noise before the result')\n"
+        "print(json.dumps({'pid': os.getpid(), 'double': 2 * spec['x']}))\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    out = run_in_fresh_process("child_probe", {"x": 21}, "the probe")
+    assert out["double"] == 42 and out["pid"] != os.getpid(), "a separate interpreter"
+    with pytest.raises(RuntimeError, match=r"measuring the probe failed \(exit 1\):\nboom: bad spec"):
+        run_in_fresh_process("child_probe", {"x": 1, "fail": "bad spec"}, "the probe")

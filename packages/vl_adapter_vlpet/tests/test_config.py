@@ -90,3 +90,6 @@ def test_every_shipped_recipe_loads_and_is_the_method_tables_upstream_script() -
         assert config.data.tasks == ["vqa", "gqa", "nlvr2", "caption"] and config.model.n_vis_tokens == 36
     full = load_config(recipes["full-finetune-bart"])
     assert full.data.task_prompts is False and full.optim.lr == pytest.approx(1e-4)  # upstream full_finetuning.sh
+    assert load_config("full-finetune-bart") == full, "a shipped recipe's name is accepted for --config"
+    with pytest.raises(ConfigError, match=r"nope: config file not found.*vl-pet-large-bart"):
+        load_config("nope")

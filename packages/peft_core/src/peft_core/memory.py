@@ -10,7 +10,8 @@ CPU: the kernel's resident-set high-water mark ``VmHWM``, reset by writing ``5``
     ...  # the work
     added = probe.peak() - before
 
-Used by the benchmark suite and by the task packages' memory commands.
+Used by the benchmark suite and by the task packages' memory commands. On the CPU the resident set never shrinks
+below what the process once held, so each measurement runs in a fresh interpreter (:func:`run_in_fresh_process`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
+import os
+import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import torch
 
@@ -138,3 +143,14 @@ class CudaMemoryProbe:
 
 def make_probe(device: torch.device) -> CpuMemoryProbe | CudaMemoryProbe:
     return CudaMemoryProbe(device) if device.type == "cuda" else CpuMemoryProbe()
+
+
+def run_in_fresh_process(module: str, spec: dict[str, Any], what: str,
+                         timeout_s: float | None = None) -> dict[str, Any]:
+    """``python -m <module> '<spec as JSON>'`` in a fresh interpreter; returns the JSON object the child prints on
+    its last stdout line. A failing child raises ``RuntimeError`` naming ``what`` with the end of its stderr."""
+    proc = subprocess.run([sys.executable, "-m", module, json.dumps(spec)], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=timeout_s, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring {what} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

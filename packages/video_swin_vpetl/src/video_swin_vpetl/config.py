@@ -12,7 +12,6 @@ Every unknown key, wrong type or invalid value raises :class:`ConfigError` namin
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from peft_core.runtime import config as runtime_config
 from peft_core.runtime.config import (
     ConfigError,
+    ConfigRoot,
     RunSection,
     apply_overrides,
     check_choices,
@@ -94,15 +94,12 @@ class RunConfig(RunSection):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigRoot):
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         """Check values (types are checked when the config is built)."""

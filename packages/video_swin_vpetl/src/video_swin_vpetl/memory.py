@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
+
+from peft_core.memory import run_in_fresh_process
 
 
 def measure_step(recipe: str, arch: str, frames: int, size: int, batch: int, classes: int, device: str) -> dict:
@@ -57,13 +57,13 @@ def memory_main(args: argparse.Namespace) -> int:
     """Each recipe in its own subprocess; prints a table and one JSON line per recipe."""
     rows = []
     for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
-        cmd = [sys.executable, "-m", "video_swin_vpetl.memory", recipe, args.arch, str(args.frames), str(args.size),
-               str(args.batch), str(args.classes), args.device]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), check=False)
-        if proc.returncode != 0:
-            print(f"error: {recipe}: the measuring process failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+        spec = {"recipe": recipe, "arch": args.arch, "frames": args.frames, "size": args.size, "batch": args.batch,
+                "classes": args.classes, "device": args.device}
+        try:
+            rows.append(run_in_fresh_process("video_swin_vpetl.memory", spec, f"recipe {recipe!r}"))
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 1
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"{'recipe':<28} {'trainable':>12} {'before MiB':>11} {'step peak MiB':>14} {'step adds MiB':>14} "
           f"{'step s':>7}")
     for r in rows:
@@ -76,5 +76,4 @@ def memory_main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    recipe, arch, frames, size, batch, classes, device = sys.argv[1:8]
-    print(json.dumps(measure_step(recipe, arch, int(frames), int(size), int(batch), int(classes), device)))
+    print(json.dumps(measure_step(**json.loads(sys.argv[1]))))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 
 from peft_core.runtime.cli import (
@@ -36,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vl-pet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_train_command(sub, "YAML or JSON file (e.g. a shipped recipe: vl-pet config vl-pet-large-bart)")
+    add_train_command(sub, "YAML or JSON file, or a shipped recipe name (vl-pet config --list)")
     p = sub.add_parser("eval", help="evaluate a training checkpoint (or a configured model) on every task's test "
                                     "(or val) split")
     which = p.add_mutually_exclusive_group(required=True)
@@ -120,8 +119,9 @@ def _guarded(args: argparse.Namespace) -> int:
 
 def recipe_files() -> dict[str, Path]:
     """The shipped recipes (``configs/*.yaml``) by name."""
-    folder = resources.files("vl_adapter_vlpet") / "configs"
-    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+    from peft_core.runtime.config import recipe_files as shipped
+
+    return shipped("vl_adapter_vlpet")
 
 
 def _config(args: argparse.Namespace) -> int:

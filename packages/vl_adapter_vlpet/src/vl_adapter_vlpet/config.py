@@ -27,6 +27,7 @@ from typing import Any
 from peft_core.runtime import config as runtime_config
 from peft_core.runtime.config import (
     ConfigError,
+    ConfigRoot,
     RunSection,
     apply_overrides,
     check_choices,
@@ -181,15 +182,12 @@ class RunConfig(RunSection):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigRoot):
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         """Check values (types are checked when the config is built)."""
@@ -275,4 +273,5 @@ def normalize_overrides(overrides: list[str]) -> list[str]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then the file (if any), then the overrides (``1e-3`` is read as a number)."""
-    return runtime_config.load_config(TrainConfig, path, normalize_overrides(list(overrides or [])))
+    return runtime_config.load_config(TrainConfig, path, normalize_overrides(list(overrides or [])),
+                                      package="vl_adapter_vlpet")

@@ -23,9 +23,7 @@ once held, so compare methods with :func:`measure_isolated` (each in a fresh pro
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -97,12 +95,10 @@ def measure_isolated(backbone: str, method: str, batch_size: int, timeout_s: flo
                      **kw: Any) -> dict[str, Any]:
     """:func:`measure_train_step` in a fresh Python process (clean CPU peak RSS); raises ``RuntimeError`` with the
     child's error output when it fails."""
-    args = json.dumps({"backbone": backbone, "method": method, "batch_size": batch_size, **kw})
-    proc = subprocess.run([sys.executable, "-m", "vl_adapter_vlpet.memory", args], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=timeout_s, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measuring {method} on {backbone} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from peft_core.memory import run_in_fresh_process
+
+    spec = {"backbone": backbone, "method": method, "batch_size": batch_size, **kw}
+    return run_in_fresh_process("vl_adapter_vlpet.memory", spec, f"{method} on {backbone}", timeout_s)
 
 
 def format_measurements(rows: list[dict[str, Any]]) -> str:

@@ -17,7 +17,6 @@ The ``model`` and ``method`` sections are :class:`vse_infty.model.config.ModelCo
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 from peft_core.runtime import config as runtime_config
 from peft_core.runtime.config import (
     ConfigError,
+    ConfigRoot,
     RunSection,
     apply_overrides,
     check_choices,
@@ -48,7 +48,6 @@ __all__ = [
     "from_dict",
     "list_recipes",
     "load_config",
-    "resolve_config_path",
 ]
 
 DATASETS = ("f30k", "coco")
@@ -127,15 +126,12 @@ class RunConfig(RunSection):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigRoot):
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         """Check values (types are checked when the config is built); errors name the key."""
@@ -159,50 +155,18 @@ class TrainConfig:
                 raise ConfigError(f"{key}={split!r} is not allowed; expected a split name such as 'train', 'dev', "
                                   "'test' or 'testall' (files precomp/<split>_caps.txt ...)")
         r.check()
-        for section, value in (("model", self.model), ("method", self.method)):
-            check = getattr(value, "validate", None)
-            if callable(check):
-                try:
-                    check()
-                except ConfigError:
-                    raise
-                except (ValueError, TypeError) as exc:
-                    raise ConfigError(f"{section}: {exc}") from None
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from nested dicts; unknown sections or keys are errors."""
-    try:
-        return runtime_config.from_dict(TrainConfig, data, source)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as exc:  # raised by a section's own checks (model / method __post_init__)
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-RECIPES_DIR = Path(__file__).parent / "configs"
-"""The shipped upstream recipes: ``{f30k,coco}_{unipt,full_finetune,precomp}.yaml``."""
+    return runtime_config.from_dict(TrainConfig, data, source)
 
 
 def list_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-
-
-def resolve_config_path(path: str | Path) -> Path:
-    """``path`` if it is a file, else the shipped recipe of that name (``f30k_unipt`` or ``f30k_unipt.yaml``)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    recipe = RECIPES_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
-    if path.parent == Path(".") and recipe.is_file():
-        return recipe
-    raise ConfigError(f"{path}: config file not found; expected a YAML / JSON file or a shipped recipe name "
-                      f"({', '.join(list_recipes())})")
+    """The shipped upstream recipes: ``{f30k,coco}_{unipt,full_finetune,precomp}``."""
+    return sorted(runtime_config.recipe_files("vse_infty"))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then the file or shipped recipe (if any), then the ``section.key=value`` overrides."""
-    resolved = resolve_config_path(path) if path is not None else None
-    data = runtime_config.read_file(resolved) if resolved is not None else {}
-    source = str(resolved) if resolved is not None else "overrides"
-    return from_dict(apply_overrides(data, overrides or []), source)
+    return runtime_config.load_config(TrainConfig, path, overrides, package="vse_infty")

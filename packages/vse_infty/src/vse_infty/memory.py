@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 import time
 from typing import Any
@@ -112,14 +110,11 @@ def measure_train_step(
 def measure_in_subprocess(model_cfg: ModelConfig, method_cfg: MethodConfig, batch_size: int = 2,
                           input_size: int | None = None, device: str = "cpu", **options: Any) -> dict[str, Any]:
     """:func:`measure_train_step` in a fresh Python process (``python -m vse_infty.memory``)."""
-    payload = json.dumps({"model": dataclasses.asdict(model_cfg), "method": dataclasses.asdict(method_cfg),
-                          "batch_size": batch_size, "input_size": input_size, "device": str(device),
-                          "options": options})
-    proc = subprocess.run([sys.executable, "-m", "vse_infty.memory", payload], capture_output=True, text=True,
-                          env=os.environ.copy(), check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory measurement of method {method_cfg.name!r} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from peft_core.memory import run_in_fresh_process
+
+    spec = {"model": dataclasses.asdict(model_cfg), "method": dataclasses.asdict(method_cfg),
+            "batch_size": batch_size, "input_size": input_size, "device": str(device), "options": options}
+    return run_in_fresh_process("vse_infty.memory", spec, f"method {method_cfg.name!r}")
 
 
 def _main(argv: list[str]) -> int:

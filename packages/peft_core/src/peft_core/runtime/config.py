@@ -20,6 +20,7 @@ import dataclasses
 import json
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,7 +67,9 @@ def section_types(root: type) -> dict[str, type]:
 
 
 def from_dict(root: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build (and ``validate()``, if defined) a ``root`` config from nested dicts; unknown keys are errors."""
+    """Build a ``root`` config from nested dicts; unknown keys are errors. Each section's ``validate()`` (if it has
+    one), then the root's, are called; a ``ValueError`` / ``TypeError`` raised by a section (its ``__post_init__`` or
+    ``validate``) becomes a :class:`ConfigError` naming ``source``."""
     sections_of = section_types(root)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections {sorted(sections_of)}, "
@@ -85,7 +88,16 @@ def from_dict(root: type[T], data: dict[str, Any], source: str = "config") -> T:
         if bad:
             raise ConfigError(f"{source}: unknown key(s) {[f'{name}.{k}' for k in bad]}; "
                               f"expected some of {sorted(f'{name}.{k}' for k in known)}")
-        sections[name] = cls(**{k: coerce(f"{name}.{k}", v, hints[k], source) for k, v in values.items()})
+        kwargs = {k: coerce(f"{name}.{k}", v, hints[k], source) for k, v in values.items()}
+        try:
+            sections[name] = cls(**kwargs)
+            check = getattr(sections[name], "validate", None)
+            if callable(check):
+                check()
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     config = root(**sections)
     validate = getattr(config, "validate", None)
     if callable(validate):
@@ -125,11 +137,45 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(root: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults, then the file (if any), then the overrides."""
+def load_config(root: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                package: str | None = None) -> T:
+    """Defaults, then the file (if any; with ``package``, a name of its shipped recipes too), then the overrides."""
+    if path is not None and package is not None:
+        path = resolve_config_path(path, package)
     data = read_file(path) if path is not None else {}
     source = str(path) if path is not None else "overrides"
     return from_dict(root, apply_overrides(data, overrides or []), source)
+
+
+class ConfigRoot:
+    """Mixin of a package's root config dataclass (its sections as fields): ``to_dict`` for checkpoints / results."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SHIPPED_CONFIGS = "configs"
+"""The folder of a task package that holds its shipped recipes (``<package>/configs/*.yaml``)."""
+
+
+def recipe_files(package: str) -> dict[str, Path]:
+    """The recipes a task package ships (``<package>/configs/*.yaml``) by name."""
+    folder = resources.files(package) / SHIPPED_CONFIGS
+    return {Path(str(f)).stem: Path(str(f)) for f in folder.iterdir() if str(f).endswith(".yaml")}
+
+
+def resolve_config_path(path: str | Path, package: str) -> Path:
+    """``path`` if it is a file, else the recipe ``package`` ships under that name (``f30k_unipt`` or
+    ``f30k_unipt.yaml``); neither is a :class:`ConfigError` listing the shipped names."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    recipes = recipe_files(package)
+    name = path.stem if path.suffix in (".yaml", ".yml") else path.name
+    if path.parent == Path(".") and name in recipes:
+        return recipes[name]
+    raise ConfigError(f"{path}: config file not found; expected a YAML / JSON file or a shipped recipe name "
+                      f"({', '.join(sorted(recipes))})")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
